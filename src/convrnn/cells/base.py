@@ -1,0 +1,80 @@
+"""The cell interface shared by every recurrent cell.
+
+A cell does one time step, ``h, state = cell(x, state)``, on (B, C, H, W) tensors, like
+``torch.nn.LSTMCell``.  ``state=None`` means zeros sized from ``x`` (lazily, so one cell serves any
+batch).  States are NamedTuples whose first field is always ``h``.
+
+Cells of the PredRNN family also read and write the spatiotemporal memory ``M`` that zig-zags
+through the stack: they set ``zigzag = True``, accept ``memory=`` (M from the layer below, or from
+the top layer at the previous step) and return the new M as ``state.m``.  Networks pass it on; a
+cell never needs to know where it is in the stack.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import RecurrentOp, _pair, block_kinds, check_input
+
+
+class Cell(nn.Module):
+    """Base class: holds the sizes and the recurrent-operator options of a cell.
+
+    Args:
+        in_channels: C_x, channels of the input x_t.
+        channels: C, channels of every state.
+        kernel: k of the input and recurrent convolutions.
+        recurrent: ``'conv'`` | ``'indconv'`` | ``'ind'`` (reference/cells.md §1).
+        hadamard: ``'position'`` (U ∈ R^{CxHxW}, the seeds') or ``'channel'`` (U ∈ R^{Cx1x1}).
+        size: (H, W) of the state; required by per-position Hadamard weights (and peepholes).
+    """
+
+    #: elementwise gating products per step, in units of C*H*W (f⊙c, i⊙g, o⊙tanh(c) -> 3 for LSTM);
+    #: used by the analytic multiplication count of :mod:`convrnn.cost`.
+    gating_products: int = 0
+    #: reads/writes the zig-zag memory M (PredRNN family).
+    zigzag: bool = False
+    registry_name: str = ""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int = 3, recurrent: str = "conv",
+                 hadamard: str = "position", size=None):
+        super().__init__()
+        if in_channels <= 0 or channels <= 0:
+            raise ValueError(f"channels must be positive, got in_channels={in_channels}, channels={channels}")
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd to keep the spatial size ('same' padding), got {kernel}")
+        self.in_channels = in_channels
+        self.channels = channels
+        self.kernel = kernel
+        self.recurrent = recurrent
+        self.hadamard = hadamard
+        self.size = _pair(size)
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def recurrent_op(self, gates: int, candidates: int, in_channels: int | None = None) -> RecurrentOp:
+        """The recurrent terms of ``gates`` gate blocks then ``candidates`` candidate blocks,
+        convolution or Hadamard as ``self.recurrent`` says."""
+        return RecurrentOp(self.channels, block_kinds(self.recurrent, gates, candidates), self.kernel,
+                           self.hadamard, self.size, in_channels)
+
+    def zeros(self, x: Tensor, channels: int | None = None) -> Tensor:
+        b, _, h, w = x.shape
+        return x.new_zeros(b, channels or self.channels, h, w)
+
+    def check(self, x: Tensor) -> None:
+        check_input(x, self.in_channels, type(self).__name__)
+
+    def init_state(self, x: Tensor) -> Any:  # pragma: no cover - every cell overrides
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.channels}, kernel={self.kernel}, recurrent={self.recurrent!r}, "
+                f"hadamard={self.hadamard!r}, size={self.size}")
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """Keras' hard sigmoid clip(0.2 x + 0.5, 0, 1), as used by rgcLSTM (one multiply by a constant,
+    which is a scaling, not a product of two signals)."""
+    return torch.clamp(x * 0.2 + 0.5, 0.0, 1.0)

@@ -1,0 +1,160 @@
+"""Shared building blocks of every cell: the recurrent operator, input convolutions, shape checks.
+
+The seeds' central idea (Vazhenina & Kanemura 2019/2021, reference/cells.md §1) is that the
+recurrent term ``U * h`` of a block (a gate or a candidate) may be replaced by a Hadamard product
+``U ⊙ h``.  :class:`RecurrentOp` computes the recurrent terms of several blocks at once, each block
+being either a convolution or a Hadamard product, so every cell gets every variant for free.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+VARIANTS = ("conv", "indconv", "ind")
+HADAMARD_MODES = ("position", "channel")
+
+
+def _pair(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (height, width), got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+def block_kinds(variant: str, gates: int, candidates: int) -> tuple[str, ...]:
+    """Kinds ('conv' or 'hadamard') of the recurrent terms of ``gates`` gate blocks followed by
+    ``candidates`` candidate blocks under a variant (reference/cells.md §1):
+
+    - ``conv``    (Conv*):        every recurrent term is a convolution;
+    - ``indconv`` (ConvIndConv*): Hadamard in the gates, convolution in the candidates;
+    - ``ind``     (ConvInd*):     Hadamard everywhere.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"recurrent={variant!r} is not a variant; choose one of {VARIANTS}")
+    gate = "conv" if variant == "conv" else "hadamard"
+    cand = "hadamard" if variant == "ind" else "conv"
+    return (gate,) * gates + (cand,) * candidates
+
+
+class RecurrentOp(nn.Module):
+    """Recurrent terms ``U_b ∘ h`` of ``len(kinds)`` blocks, each a k x k convolution (``'conv'``)
+    or a Hadamard product (``'hadamard'``), concatenated along channels in block order.
+
+    Convolution blocks are fused into one convolution (no bias: biases live in the input
+    convolution).  Hadamard weights are per position, ``U ∈ R^{C x H x W}`` (the seeds' convention,
+    needs ``size``), or per channel, ``U ∈ R^{C x 1 x 1}`` (resolution-free).
+
+    Args:
+        channels: C, channels of h and of each block's output.
+        kinds: per block ``'conv'`` or ``'hadamard'``.
+        kernel: k of the recurrent convolutions.
+        hadamard: ``'position'`` or ``'channel'``.
+        size: (H, W) of the state, required by per-position Hadamard weights.
+        in_channels: channels of the operand if it differs from C (e.g. [h; c] in rgcLSTM). Hadamard
+            blocks need ``in_channels == channels``.
+    """
+
+    def __init__(self, channels: int, kinds: Sequence[str], kernel: int = 3, hadamard: str = "position",
+                 size=None, in_channels: int | None = None):
+        super().__init__()
+        if hadamard not in HADAMARD_MODES:
+            raise ValueError(f"hadamard={hadamard!r}; choose one of {HADAMARD_MODES}")
+        for k in kinds:
+            if k not in ("conv", "hadamard"):
+                raise ValueError(f"block kind {k!r} must be 'conv' or 'hadamard'")
+        self.channels = channels
+        self.in_channels = in_channels or channels
+        self.kinds = tuple(kinds)
+        self.hadamard = hadamard
+        self.size = _pair(size)
+        n_conv = self.kinds.count("conv")
+        n_had = self.kinds.count("hadamard")
+        self.conv = (nn.Conv2d(self.in_channels, n_conv * channels, kernel, padding=kernel // 2, bias=False)
+                     if n_conv else None)
+        self.weight: nn.Parameter | None = None
+        if n_had:
+            if self.in_channels != channels:
+                raise ValueError("a Hadamard block needs an operand with as many channels as the state")
+            if hadamard == "position":
+                if self.size is None:
+                    raise ValueError(
+                        "per-position Hadamard weights (C x H x W) need the state size: pass size=(H, W) "
+                        "or use hadamard='channel' for resolution-free weights")
+                shape = (n_had, channels, *self.size)
+            else:
+                shape = (n_had, channels, 1, 1)
+            # IndRNN-style init: small positive recurrent weights keep the product stable.
+            self.weight = nn.Parameter(torch.empty(shape).uniform_(0.0, 1.0 / channels ** 0.5))
+        # Output order: positions of conv and Hadamard blocks in the concatenation.
+        conv_idx = [i for i, k in enumerate(self.kinds) if k == "conv"]
+        had_idx = [i for i, k in enumerate(self.kinds) if k == "hadamard"]
+        order = conv_idx + had_idx
+        self._perm = None if order == sorted(order) else [order.index(i) for i in range(len(order))]
+
+    @property
+    def n_hadamard(self) -> int:
+        return self.kinds.count("hadamard")
+
+    def check(self, h: Tensor) -> None:
+        if self.weight is not None and self.hadamard == "position" and tuple(h.shape[-2:]) != self.size:
+            raise ValueError(
+                f"state of spatial size {tuple(h.shape[-2:])} does not match the per-position Hadamard weight "
+                f"of size {self.size}: build the cell with size={tuple(h.shape[-2:])} or use hadamard='channel'")
+
+    def forward(self, h: Tensor) -> Tensor:
+        self.check(h)
+        parts = []
+        if self.conv is not None:
+            parts.append(self.conv(h))
+        if self.weight is not None:
+            b, c, hh, ww = h.shape
+            had = h.unsqueeze(1) * self.weight  # (B, n_had, C, H, W): one product per block
+            parts.append(had.reshape(b, -1, hh, ww))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        if self._perm is not None:
+            b, _, hh, ww = out.shape
+            out = out.view(b, len(self.kinds), self.channels, hh, ww)[:, self._perm].reshape(b, -1, hh, ww)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kinds={self.kinds}, hadamard={self.hadamard!r}, size={self.size}"
+
+
+def input_conv(in_channels: int, blocks: int, channels: int, kernel: int, bias: bool = True) -> nn.Conv2d:
+    """The fused input-to-state convolution ``W * x`` of ``blocks`` blocks (one bias per block)."""
+    return nn.Conv2d(in_channels, blocks * channels, kernel, padding=kernel // 2, bias=bias)
+
+
+def check_input(x: Tensor, in_channels: int, name: str = "cell") -> None:
+    """Clear errors for the two most common mistakes: wrong rank and wrong channel count."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects one time step of shape (B, C, H, W), got shape {tuple(x.shape)}; "
+                         "feed sequences (B, T, C, H, W) to a network, not to a cell")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{name} was built for {in_channels} input channels but got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)}); set in_channels={x.shape[1]}")
+
+
+def resample(x: Tensor, size: tuple[int, int], down: str = "max", up: str = "bilinear") -> Tensor:
+    """Resize a (B, C, H, W) map to ``size`` by integer factors: pooling down, interpolation up.
+
+    These are MS-RNN's P2 (max-pool) and U2 (bilinear, align_corners=False) operators.
+    """
+    h, w = x.shape[-2:]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return x
+    if th < h:
+        if h % th or w % tw:
+            raise ValueError(f"cannot pool {h}x{w} down to {th}x{tw}: not an integer factor")
+        k = (h // th, w // tw)
+        return F.max_pool2d(x, k) if down == "max" else F.avg_pool2d(x, k)
+    mode = {"bilinear": "bilinear", "nearest": "nearest"}[up]
+    return F.interpolate(x, size=(th, tw), mode=mode, align_corners=False if mode == "bilinear" else None)

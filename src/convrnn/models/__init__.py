@@ -1,0 +1,6 @@
+"""Networks built from cells: importing this package registers them all."""
+from .base import Prediction, Predictor
+from .codec import FrameCodec
+from .stack import RecurrentStack
+
+__all__ = ["Prediction", "Predictor", "FrameCodec", "RecurrentStack"]

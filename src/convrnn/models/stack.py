@@ -1,0 +1,175 @@
+"""The stacked predictor: L recurrent layers, flat (one resolution) or as the MS-RNN pyramid.
+
+Flat stack (PredRNN/OpenSTL, reference/msrnn.md §1): per step t the frame fed (ground truth or
+the previous prediction, as the mask says) is encoded by the frame codec, passes through L layers
+at one resolution and is read out as the prediction of frame t+1.
+
+Multi-scale (MS-RNN, Ma et al. 2022/2023, seeds 001/002, reference/msrnn.md §2): layer l keeps its
+states at ``scales[l]`` of the codec resolution.  Between layers the hidden map is max-pooled (down)
+or bilinearly upsampled (up); when a layer goes back up to a scale an earlier layer had, that
+layer's output is added (``skip='add'``, the paper's default).  The zig-zag memory M of the PredRNN
+family is resampled the same way, without skips, and re-enters layer 1 from the top layer at the
+next step.  Scales change no parameter: an MS model has exactly its flat model's parameters.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import resample
+from ..loop import phase_mask, unroll
+from ..registry import cell_entry, create_cell, register_model
+from .base import Prediction, Predictor
+from .codec import FrameCodec
+
+MSRNN_SCALES = (1, 0.5, 0.25, 0.25, 0.5, 1)
+SKIPS = ("add", "none")
+
+
+class StackState(NamedTuple):
+    layers: list
+    m: Tensor | None
+
+
+def _fraction(s) -> Fraction:
+    f = Fraction(s).limit_denominator(64)
+    if f <= 0 or f > 1 or f.numerator != 1 or (f.denominator & (f.denominator - 1)):
+        raise ValueError(f"scale {s!r} must be 1, 1/2, 1/4, ... (a power of two <= 1)")
+    return f
+
+
+def default_scales(layers: int) -> tuple[float, ...]:
+    """MS-RNN's mirror pyramid for any depth: down by 2 until 1/4, flat, then back up.
+    6 layers give (1, 1/2, 1/4, 1/4, 1/2, 1)."""
+    if layers == 6:
+        return MSRNN_SCALES
+    half = (layers + 1) // 2
+    down = [1.0 / 2 ** min(i, 2) for i in range(half)]
+    return tuple(down + down[: layers - half][::-1])
+
+
+def skip_sources(scales: Sequence[float], mode: str = "add") -> list[int | None]:
+    """For each layer, the earlier layer whose output is added to its input (``add``) or None.
+
+    A layer that goes up in scale gets the output of the last earlier layer at that scale that was
+    followed by a downsampling: the mirror of the pyramid (layer 5 <- layer 2, 6 <- 1 in MS-RNN)."""
+    if mode not in SKIPS:
+        raise ValueError(f"skip={mode!r}; choose one of {SKIPS}")
+    out: list[int | None] = []
+    for l, s in enumerate(scales):
+        src = None
+        if mode == "add" and l > 0 and s > scales[l - 1]:
+            for j in range(l - 1, -1, -1):
+                if scales[j] == s and j + 1 < len(scales) and scales[j + 1] < s:
+                    src = j
+                    break
+        out.append(src)
+    return out
+
+
+class RecurrentStack(Predictor):
+    """L stacked recurrent cells with a frame codec; flat or multi-scale (MS-RNN).
+
+    Args:
+        cell: registered cell name (``convlstm``, ``gem_indconv``, ``predrnn`` ...) or one per layer.
+        layers: L; channels: C of every layer (int or one per layer); kernel: k.
+        frame_channels, frame_size, in_len, out_len: sequence layout (see :class:`Predictor`).
+        patch: space-to-depth factor of the codec; embed: ``'patch'`` or ``'conv1x1'``.
+        scales: per-layer scale (1, 1/2, 1/4 ...); None = flat. ``skip``: ``'add'`` or ``'none'``.
+        down, up: resampling operators (``'max'``/``'avg'``, ``'bilinear'``/``'nearest'``).
+        cell_kw: extra keyword arguments for every cell (``recurrent``, ``hadamard``, ``peephole``...).
+    """
+
+    def __init__(self, cell: str | Sequence[str] = "convlstm", layers: int = 4, channels: int | Sequence[int] = 64,
+                 kernel: int = 3, frame_channels: int = 1, frame_size=(64, 64), in_len: int = 10,
+                 out_len: int = 10, patch: int = 1, embed: str = "patch", embed_channels: int | None = None,
+                 scales: Sequence[float] | None = None, skip: str = "add", down: str = "max",
+                 up: str = "bilinear", out_activation: str | None = None, cell_kw: dict | None = None):
+        super().__init__(frame_channels, frame_size, in_len, out_len)
+        cells = [cell] * layers if isinstance(cell, str) else list(cell)
+        chans = [channels] * layers if isinstance(channels, int) else list(channels)
+        if len(cells) != layers or len(chans) != layers:
+            raise ValueError(f"need {layers} cell names and channel counts, got {len(cells)} and {len(chans)}")
+        scales = tuple(float(_fraction(s)) for s in (scales or (1,) * layers))
+        if len(scales) != layers:
+            raise ValueError(f"scales has {len(scales)} entries for {layers} layers")
+        self.scales = scales
+        self.multiscale = any(s != 1 for s in scales)
+        h, w = self.frame_size
+        factor = patch * max(int(round(1 / s)) for s in scales)
+        if h % factor or w % factor:
+            ok = (-(-h // factor) * factor, -(-w // factor) * factor)
+            raise ValueError(
+                f"frame size {h}x{w} is not divisible by {factor} (patch {patch} x smallest scale "
+                f"1/{factor // patch}); the smallest valid size is {ok[0]}x{ok[1]}: resize or crop the frames")
+        base = (h // patch, w // patch)
+        self.sizes = [(int(base[0] * s), int(base[1] * s)) for s in scales]
+        self.down, self.up = down, up
+        self.skips = skip_sources(scales, skip)
+        self.codec = FrameCodec(frame_channels, chans[-1], patch, embed, embed_channels, out_activation)
+        cell_kw = dict(cell_kw or {})
+        mods = []
+        for l, (name, c) in enumerate(zip(cells, chans)):
+            cin = self.codec.out_channels if l == 0 else chans[l - 1]
+            mods.append(create_cell(name, in_channels=cin, channels=c, kernel=kernel, size=self.sizes[l], **cell_kw))
+        self.cells = nn.ModuleList(mods)
+        zig = [m.zigzag for m in self.cells]
+        if any(zig) and not all(zig):
+            raise ValueError("cells that carry the zig-zag memory M cannot be mixed with cells that do not")
+        if any(zig) and len(set(chans)) != 1:
+            raise ValueError("the zig-zag memory M needs the same channel count in every layer")
+        self.zigzag = all(zig)
+        for l, src in enumerate(self.skips):
+            if src is not None and chans[src] != chans[l - 1]:
+                raise ValueError(f"skip from layer {src} to layer {l} needs equal channel counts")
+
+    # -- one time step -----------------------------------------------------------------------
+    def step(self, frame: Tensor, state: StackState | None) -> tuple[Tensor, StackState]:
+        layer_states = state.layers if state is not None else [None] * len(self.cells)
+        m = state.m if state is not None else None
+        x = self.codec.encode(frame)
+        outs: list[Tensor] = []
+        new_states = []
+        for l, cell in enumerate(self.cells):
+            if l > 0:
+                x = resample(outs[-1], self.sizes[l], self.down, self.up)
+                if self.skips[l] is not None:
+                    x = x + outs[self.skips[l]]
+            if self.zigzag:
+                if m is None:
+                    m = x.new_zeros(x.shape[0], cell.channels, *self.sizes[l])
+                m = resample(m, self.sizes[l], self.down, self.up)
+                h, s = cell(x, layer_states[l], memory=m)
+                m = s.m
+            else:
+                h, s = cell(x, layer_states[l])
+            outs.append(h)
+            new_states.append(s)
+        return self.codec.decode(outs[-1]), StackState(new_states, m)
+
+    def forward(self, frames: Tensor, mask: Tensor | None = None) -> Prediction:
+        """frames: (B, T, C, H, W), T >= in_len (T >= in_len + out_len to get targets).
+        mask: (B, in_len + out_len - 1) bool, True = feed ground truth at that step (see
+        :mod:`convrnn.schedules`); None = observed frames only, own predictions after."""
+        self.check_frames(frames)
+        n = self.seq_len - 1
+        if mask is None:
+            mask = phase_mask(frames.shape[0], self.in_len, self.out_len, frames.device)
+        outputs, _ = unroll(self.step, None, frames[:, :n], n, mask)
+        targets = frames[:, 1:n + 1] if frames.shape[1] >= self.seq_len else None
+        return Prediction(outputs[:, self.in_len - 1:], outputs, targets, {})
+
+
+@register_model("stack")
+def stack(**kw: Any) -> RecurrentStack:
+    """Flat stack of recurrent layers with a frame codec (PredRNN/OpenSTL layout)."""
+    return RecurrentStack(**kw)
+
+
+@register_model("msrnn")
+def msrnn(layers: int = 6, scales: Sequence[float] | None = None, **kw: Any) -> RecurrentStack:
+    """MS-RNN multi-scale pyramid over any cell (default scales 1, 1/2, 1/4, 1/4, 1/2, 1)."""
+    return RecurrentStack(layers=layers, scales=scales or default_scales(layers), **kw)
