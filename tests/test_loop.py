@@ -2,11 +2,18 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convrnn.loop import phase_mask, unroll
-from convrnn.schedules import (InverseSigmoid, Linear, ReverseScheduled, TeacherForcing, create_schedule,
-                               sample_mask)
+from convrnn.schedules import (
+    InverseSigmoid,
+    Linear,
+    ReverseScheduled,
+    TeacherForcing,
+    create_schedule,
+    sample_mask,
+)
 
 
 def counter_step(x, state):

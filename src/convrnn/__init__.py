@@ -7,8 +7,24 @@ Cells do one step ``h, state = cell(x, state)`` on (B, C, H, W); networks take s
     cell = create_cell("convlstm_indconv", in_channels=16, channels=64, size=(16, 16))
     model = create_model("msrnn", cell="predrnn", channels=64, frame_size=(64, 64))
 """
-from .registry import create_cell, create_model, list_cells, list_models, model_from_config, register_cell, register_model
+from .registry import (
+           create_cell,
+           create_model,
+           list_cells,
+           list_models,
+           model_from_config,
+           register_cell,
+           register_model,
+)
 
 __version__ = "0.1.0"
-__all__ = ["create_cell", "create_model", "list_cells", "list_models", "model_from_config", "register_cell",
-           "register_model", "__version__"]
+__all__ = [
+           "__version__",
+           "create_cell",
+           "create_model",
+           "list_cells",
+           "list_models",
+           "model_from_config",
+           "register_cell",
+           "register_model",
+]

@@ -7,7 +7,7 @@ being either a convolution or a Hadamard product, so every cell gets every varia
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

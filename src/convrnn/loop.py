@@ -9,7 +9,8 @@ static shapes, so it compiles and graph-captures.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -9,7 +9,8 @@ resolves to ``(class, fixed keyword arguments)``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _CELLS: dict[str, tuple[type, dict[str, Any], str]] = {}
 _MODELS: dict[str, Callable] = {}

@@ -36,6 +36,8 @@ class Cell(nn.Module):
     gating_products: int = 0
     #: reads/writes the zig-zag memory M (PredRNN family).
     zigzag: bool = False
+    #: the state's H and W must be divisible by this (e.g. 2 for MotionRNN's stride-2 encoder).
+    size_multiple: int = 1
     registry_name: str = ""
 
     def __init__(self, in_channels: int, channels: int, kernel: int = 3, recurrent: str = "conv",

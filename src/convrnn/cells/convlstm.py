@@ -6,9 +6,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..layers import input_conv
 from ..registry import register_cell
 from .base import Cell
-from ..layers import input_conv
 
 
 class LSTMState(NamedTuple):

@@ -3,4 +3,4 @@ from .base import Prediction, Predictor
 from .codec import FrameCodec
 from .stack import RecurrentStack
 
-__all__ = ["Prediction", "Predictor", "FrameCodec", "RecurrentStack"]
+__all__ = ["FrameCodec", "Prediction", "Predictor", "RecurrentStack"]

@@ -13,10 +13,10 @@ next step.  Scales change no parameter: an MS model has exactly its flat model's
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from ..layers import resample
@@ -31,7 +31,8 @@ SKIPS = ("add", "none")
 
 class StackState(NamedTuple):
     layers: list
-    m: Tensor | None
+    m: Tensor | None          # zig-zag memory leaving the top layer (PredRNN family), else None
+    aux: Tensor | None        # running sum of per-layer auxiliary terms (see ``layer_aux``)
 
 
 def _fraction(s) -> Fraction:
@@ -81,13 +82,20 @@ class RecurrentStack(Predictor):
         scales: per-layer scale (1, 1/2, 1/4 ...); None = flat. ``skip``: ``'add'`` or ``'none'``.
         down, up: resampling operators (``'max'``/``'avg'``, ``'bilinear'``/``'nearest'``).
         cell_kw: extra keyword arguments for every cell (``recurrent``, ``hadamard``, ``peephole``...).
+        layer_kw: optional list of per-layer keyword arguments, merged over ``cell_kw``
+            (e.g. PredRNN++'s gradient highway on layer 1 only).
+
+    Cells with ``zigzag = True`` exchange the memory M; a non-zigzag cell in between (any layer
+    kind can be mixed) passes M on unchanged.  Subclasses may override :meth:`layer_aux` to add a
+    per-layer, per-step auxiliary loss (PredRNN-V2's decoupling loss).
     """
 
     def __init__(self, cell: str | Sequence[str] = "convlstm", layers: int = 4, channels: int | Sequence[int] = 64,
                  kernel: int = 3, frame_channels: int = 1, frame_size=(64, 64), in_len: int = 10,
                  out_len: int = 10, patch: int = 1, embed: str = "patch", embed_channels: int | None = None,
                  scales: Sequence[float] | None = None, skip: str = "add", down: str = "max",
-                 up: str = "bilinear", out_activation: str | None = None, cell_kw: dict | None = None):
+                 up: str = "bilinear", out_activation: str | None = None, cell_kw: dict | None = None,
+                 layer_kw: Sequence[dict] | None = None):
         super().__init__(frame_channels, frame_size, in_len, out_len)
         cells = [cell] * layers if isinstance(cell, str) else list(cell)
         chans = [channels] * layers if isinstance(channels, int) else list(channels)
@@ -99,29 +107,34 @@ class RecurrentStack(Predictor):
         self.scales = scales
         self.multiscale = any(s != 1 for s in scales)
         h, w = self.frame_size
-        factor = patch * max(int(round(1 / s)) for s in scales)
+        # Each cell may need its state divisible further (e.g. MotionRNN's stride-2 encoder).
+        multiple = max(getattr(cell_entry(n)[0], "size_multiple", 1) for n in cells)
+        factor = patch * max(int(round(1 / s)) for s in scales) * multiple
         if h % factor or w % factor:
             ok = (-(-h // factor) * factor, -(-w // factor) * factor)
             raise ValueError(
                 f"frame size {h}x{w} is not divisible by {factor} (patch {patch} x smallest scale "
-                f"1/{factor // patch}); the smallest valid size is {ok[0]}x{ok[1]}: resize or crop the frames")
+                f"1/{max(int(round(1 / s)) for s in scales)} x cell multiple {multiple}); the smallest valid "
+                f"size is {ok[0]}x{ok[1]}: resize or crop the frames")
         base = (h // patch, w // patch)
         self.sizes = [(int(base[0] * s), int(base[1] * s)) for s in scales]
         self.down, self.up = down, up
         self.skips = skip_sources(scales, skip)
         self.codec = FrameCodec(frame_channels, chans[-1], patch, embed, embed_channels, out_activation)
-        cell_kw = dict(cell_kw or {})
+        per_layer = list(layer_kw or [{}] * layers)
+        if len(per_layer) != layers:
+            raise ValueError(f"layer_kw has {len(per_layer)} entries for {layers} layers")
         mods = []
         for l, (name, c) in enumerate(zip(cells, chans)):
             cin = self.codec.out_channels if l == 0 else chans[l - 1]
-            mods.append(create_cell(name, in_channels=cin, channels=c, kernel=kernel, size=self.sizes[l], **cell_kw))
+            kw = {**(cell_kw or {}), **(per_layer[l] or {})}
+            mods.append(create_cell(name, in_channels=cin, channels=c, kernel=kernel, size=self.sizes[l], **kw))
         self.cells = nn.ModuleList(mods)
         zig = [m.zigzag for m in self.cells]
-        if any(zig) and not all(zig):
-            raise ValueError("cells that carry the zig-zag memory M cannot be mixed with cells that do not")
-        if any(zig) and len(set(chans)) != 1:
-            raise ValueError("the zig-zag memory M needs the same channel count in every layer")
-        self.zigzag = all(zig)
+        self.zigzag = any(zig)
+        if self.zigzag and len({c for c, z in zip(chans, zig) if z}) != 1:
+            raise ValueError("the zig-zag memory M needs the same channel count in every layer that carries it")
+        self.memory_channels = next((c for c, z in zip(chans, zig) if z), 0)
         for l, src in enumerate(self.skips):
             if src is not None and chans[src] != chans[l - 1]:
                 raise ValueError(f"skip from layer {src} to layer {l} needs equal channel counts")
@@ -130,6 +143,7 @@ class RecurrentStack(Predictor):
     def step(self, frame: Tensor, state: StackState | None) -> tuple[Tensor, StackState]:
         layer_states = state.layers if state is not None else [None] * len(self.cells)
         m = state.m if state is not None else None
+        aux = state.aux if state is not None else None
         x = self.codec.encode(frame)
         outs: list[Tensor] = []
         new_states = []
@@ -138,17 +152,29 @@ class RecurrentStack(Predictor):
                 x = resample(outs[-1], self.sizes[l], self.down, self.up)
                 if self.skips[l] is not None:
                     x = x + outs[self.skips[l]]
-            if self.zigzag:
+            if cell.zigzag:
                 if m is None:
-                    m = x.new_zeros(x.shape[0], cell.channels, *self.sizes[l])
+                    m = x.new_zeros(x.shape[0], self.memory_channels, *self.sizes[l])
                 m = resample(m, self.sizes[l], self.down, self.up)
                 h, s = cell(x, layer_states[l], memory=m)
                 m = s.m
             else:
                 h, s = cell(x, layer_states[l])
+            term = self.layer_aux(l, cell, s)
+            if term is not None:
+                aux = term if aux is None else aux + term
             outs.append(h)
             new_states.append(s)
-        return self.codec.decode(outs[-1]), StackState(new_states, m)
+        return self.codec.decode(outs[-1]), StackState(new_states, m, aux)
+
+    def layer_aux(self, layer: int, cell: nn.Module, state: Any) -> Tensor | None:
+        """Auxiliary loss term of one layer at one step (summed over layers and steps, divided by
+        the number of steps in :meth:`aux_losses`).  None by default."""
+        return None
+
+    def aux_losses(self, total: Tensor | None, steps: int) -> dict:
+        """Named, weighted auxiliary losses from the summed ``layer_aux`` terms."""
+        return {} if total is None else {"aux": total / steps}
 
     def forward(self, frames: Tensor, mask: Tensor | None = None) -> Prediction:
         """frames: (B, T, C, H, W), T >= in_len (T >= in_len + out_len to get targets).
@@ -158,9 +184,9 @@ class RecurrentStack(Predictor):
         n = self.seq_len - 1
         if mask is None:
             mask = phase_mask(frames.shape[0], self.in_len, self.out_len, frames.device)
-        outputs, _ = unroll(self.step, None, frames[:, :n], n, mask)
+        outputs, state = unroll(self.step, None, frames[:, :n], n, mask)
         targets = frames[:, 1:n + 1] if frames.shape[1] >= self.seq_len else None
-        return Prediction(outputs[:, self.in_len - 1:], outputs, targets, {})
+        return Prediction(outputs[:, self.in_len - 1:], outputs, targets, self.aux_losses(state.aux, n))
 
 
 @register_model("stack")
