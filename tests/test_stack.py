@@ -1,12 +1,13 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from convrnn import create_model
-from convrnn.models.stack import default_scales, skip_sources
+from convrnn.models.stack import default_scales, skip_sets, skip_sources
 
 
 def tiny(name="stack", **kw):
-    base = dict(cell="convlstm", layers=2, channels=4, frame_size=(16, 16), in_len=3, out_len=2)
+    base = {"cell": "convlstm", "layers": 2, "channels": 4, "frame_size": (16, 16), "in_len": 3, "out_len": 2}
     base.update(kw)
     return create_model(name, **base)
 
@@ -33,7 +34,7 @@ def test_future_independent_of_unseen_frames_without_teacher_forcing():
 
 
 def test_msrnn_pyramid_sizes_skips_and_equal_params():
-    kw = dict(cell="convlstm", channels=4, frame_size=(16, 16), in_len=2, out_len=1)
+    kw = {"cell": "convlstm", "channels": 4, "frame_size": (16, 16), "in_len": 2, "out_len": 1}
     flat = create_model("stack", layers=6, **kw)
     ms = create_model("msrnn", **kw)
     assert ms.sizes == [(16, 16), (8, 8), (4, 4), (4, 4), (8, 8), (16, 16)]
@@ -69,3 +70,59 @@ def test_bad_frames_errors():
         m(torch.rand(1, 5, 1, 32, 32))
     with pytest.raises(ValueError, match="in_len"):
         m(torch.rand(1, 2, 1, 16, 16))
+
+
+# -- skip modes beyond 'add' / 'none' ------------------------------------------------------------
+MS6 = (1, 0.5, 0.25, 0.25, 0.5, 1)
+
+
+def test_skip_sets_match_the_reference_ablations():
+    # MS-RNN's reference code (0-based layers): UNet3+ adds P4 h0 + P2 h1 into layer 3,
+    # P2 h0 + h1 into layer 4, h0 + U4 h3 into layer 5; fully connected adds every earlier output.
+    assert skip_sets(MS6, "unet3p") == [(), (), (), (0, 1), (0, 1), (0, 3)]
+    assert skip_sets(MS6, "dense") == [(), (), (0,), (0, 1), (0, 1, 2), (0, 1, 2, 3)]
+    assert skip_sets(MS6, "add") == [(), (), (), (), (1,), (0,)]
+    assert skip_sets(MS6, "none") == [()] * 6
+    assert skip_sets((1, 0.5, 0.5, 1), "unet3p") == [(), (), (0,), (0,)]
+    with pytest.raises(ValueError, match="choose one of"):
+        skip_sets(MS6, "concat")
+    with pytest.raises(ValueError, match="use skip_sets"):
+        skip_sources(MS6, "dense")
+
+
+@pytest.mark.parametrize("skip", ["unet3p", "dense"])
+def test_multi_source_skips_inputs_params_and_gradients(skip):
+    kw = {"cell": "convlstm", "channels": 4, "frame_size": (16, 16), "in_len": 2, "out_len": 1}
+    flat = create_model("stack", layers=6, **kw)
+    ms = create_model("msrnn", skip=skip, **kw)
+    assert sum(p.numel() for p in flat.parameters()) == sum(p.numel() for p in ms.parameters())
+    assert ms.skip_from == skip_sets(MS6, skip) and ms.skips is None
+    inputs, outputs = {}, {}
+
+    def record(l):
+        def hook(mod, args, out):  # first step only
+            inputs.setdefault(l, args[0])
+            outputs.setdefault(l, out[0])
+        return hook
+
+    for l, cell in enumerate(ms.cells):
+        cell.register_forward_hook(record(l))
+    out = ms(torch.rand(2, 3, 1, 16, 16)).outputs
+    sizes = [16, 8, 4, 4, 8, 16]
+
+    def to(x, s):  # MS-RNN's P (max-pool) and U (bilinear) by hand
+        if x.shape[-1] > s:
+            return F.max_pool2d(x, x.shape[-1] // s)
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False) if x.shape[-1] < s else x
+
+    for l in range(1, 6):
+        want = to(outputs[l - 1], sizes[l]) + sum(to(outputs[j], sizes[l]) for j in skip_sets(MS6, skip)[l])
+        assert torch.allclose(inputs[l], want, atol=1e-6), l
+    out.sum().backward()
+    assert all(p.grad is not None for p in ms.parameters())
+
+
+def test_skip_channel_mismatch_error():
+    with pytest.raises(ValueError, match="needs equal channel counts"):
+        create_model("msrnn", cell="convlstm", layers=4, channels=[4, 4, 6, 4], frame_size=(16, 16),
+                     skip="dense")

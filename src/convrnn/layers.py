@@ -114,7 +114,7 @@ class RecurrentOp(nn.Module):
         if self.conv is not None:
             parts.append(self.conv(h))
         if self.weight is not None:
-            b, c, hh, ww = h.shape
+            b, _, hh, ww = h.shape
             had = h.unsqueeze(1) * self.weight  # (B, n_had, C, H, W): one product per block
             parts.append(had.reshape(b, -1, hh, ww))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
@@ -151,10 +151,13 @@ def resample(x: Tensor, size: tuple[int, int], down: str = "max", up: str = "bil
     th, tw = size
     if (h, w) == (th, tw):
         return x
-    if th < h:
+    if down not in ("max", "avg") or up not in ("bilinear", "nearest"):
+        raise ValueError(f"down={down!r} must be 'max' or 'avg' and up={up!r} 'bilinear' or 'nearest'")
+    if th <= h and tw <= w:
         if h % th or w % tw:
             raise ValueError(f"cannot pool {h}x{w} down to {th}x{tw}: not an integer factor")
         k = (h // th, w // tw)
         return F.max_pool2d(x, k) if down == "max" else F.avg_pool2d(x, k)
-    mode = {"bilinear": "bilinear", "nearest": "nearest"}[up]
-    return F.interpolate(x, size=(th, tw), mode=mode, align_corners=False if mode == "bilinear" else None)
+    if th >= h and tw >= w:
+        return F.interpolate(x, size=(th, tw), mode=up, align_corners=False if up == "bilinear" else None)
+    raise ValueError(f"cannot resample {h}x{w} to {th}x{tw}: one side grows while the other shrinks")

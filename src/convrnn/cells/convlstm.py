@@ -52,6 +52,12 @@ class ConvLSTM(Cell):
             with torch.no_grad():
                 self.wx.bias[channels:2 * channels].fill_(forget_bias)
 
+    def check_peephole(self, c: Tensor) -> None:
+        if tuple(c.shape[-2:]) != self.size:
+            raise ValueError(
+                f"state of spatial size {tuple(c.shape[-2:])} does not match the per-position peephole weights "
+                f"of size {self.size}: build the cell with size={tuple(c.shape[-2:])}")
+
     def init_state(self, x: Tensor) -> LSTMState:
         return LSTMState(self.zeros(x), self.zeros(x))
 
@@ -60,6 +66,7 @@ class ConvLSTM(Cell):
         h, c = state if state is not None else self.init_state(x)
         i, f, o, g = (self.wx(x) + self.uh(h)).chunk(4, 1)
         if self.peephole:
+            self.check_peephole(c)
             i = i + self.w_peep[0] * c
             f = f + self.w_peep[1] * c
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

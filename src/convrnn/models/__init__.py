@@ -4,3 +4,4 @@ from .codec import FrameCodec
 from .stack import RecurrentStack
 
 __all__ = ["FrameCodec", "Prediction", "Predictor", "RecurrentStack"]
+from .composite import CompositeModel  # noqa: F401  (registers 'composite')

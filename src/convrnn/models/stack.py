@@ -10,6 +10,12 @@ or bilinearly upsampled (up); when a layer goes back up to a scale an earlier la
 layer's output is added (``skip='add'``, the paper's default).  The zig-zag memory M of the PredRNN
 family is resampled the same way, without skips, and re-enters layer 1 from the top layer at the
 next step.  Scales change no parameter: an MS model has exactly its flat model's parameters.
+
+Skip modes (the MS-RNN reference code's ablations; all parameter-free, every skip is resampled to
+the receiving layer's scale with the stack's ``down``/``up`` operators and added), see
+:func:`skip_sets`: ``'add'`` (mirror skips), ``'none'``, ``'unet3p'`` (UNet3+-style full-scale
+skips into the layers past the bottom of the pyramid) and ``'dense'`` (every earlier layer into
+every layer).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from .base import Prediction, Predictor
 from .codec import FrameCodec
 
 MSRNN_SCALES = (1, 0.5, 0.25, 0.25, 0.5, 1)
-SKIPS = ("add", "none")
+SKIPS = ("add", "none", "unet3p", "dense")
 
 
 class StackState(NamedTuple):
@@ -59,6 +65,9 @@ def skip_sources(scales: Sequence[float], mode: str = "add") -> list[int | None]
     followed by a downsampling: the mirror of the pyramid (layer 5 <- layer 2, 6 <- 1 in MS-RNN)."""
     if mode not in SKIPS:
         raise ValueError(f"skip={mode!r}; choose one of {SKIPS}")
+    if mode not in ("add", "none"):
+        raise ValueError(f"skip={mode!r} has no single source per layer; choose 'add' or 'none' here, "
+                         "or use skip_sets() for every mode")
     out: list[int | None] = []
     for l, s in enumerate(scales):
         src = None
@@ -71,6 +80,41 @@ def skip_sources(scales: Sequence[float], mode: str = "add") -> list[int | None]
     return out
 
 
+def skip_sets(scales: Sequence[float], mode: str = "add") -> list[tuple[int, ...]]:
+    """For each layer l, the earlier layers j < l-1 whose outputs h^j, resampled to layer l's scale,
+    are added to its direct input R(h^{l-1}) (R = max-pool down / bilinear up, the stack's operators):
+
+    - ``'none'``: no skips, every layer reads R(h^{l-1}) only.
+    - ``'add'`` (MS-RNN): a layer that goes up in scale gets the mirror layer of
+      :func:`skip_sources` (6 layers: layer 5 <- 2, layer 6 <- 1, 1-based).
+    - ``'unet3p'`` (UNet3+-style full-scale skips, Huang et al. 2020, as in MS-RNN's ablation code):
+      let b be the first layer at the smallest scale (the bottom of the down path).  Layers l <= b
+      get no skip.  A layer l > b gets (a) every down-path layer j <= b at its own or a finer scale
+      (s_j >= s_l: UNet3+'s same- and larger-resolution encoder maps, max-pooled), and (b) every
+      layer b < j < l-1 past the bottom (UNet3+'s deeper decoder maps, upsampled).  For the 6-layer
+      pyramid (1-based): layer 4 <- P2 h^2, P4 h^1; layer 5 <- h^2, P2 h^1; layer 6 <- h^1, U4 h^4.
+    - ``'dense'`` (fully connected): every layer l >= 2 gets every earlier layer j < l-1.
+
+    Parameter-free, so the parameter count stays that of the flat stack.  On a flat stack
+    (b = the first layer) ``'unet3p'`` and ``'dense'`` coincide: every earlier layer is added.
+    """
+    if mode not in SKIPS:
+        raise ValueError(f"skip={mode!r}; choose one of {SKIPS}")
+    n = len(scales)
+    if mode in ("add", "none"):
+        return [() if j is None else (j,) for j in skip_sources(scales, mode)]
+    if mode == "dense":
+        return [tuple(range(max(l - 1, 0))) for l in range(n)]
+    bottom = min(range(n), key=lambda j: (scales[j], j))
+    out: list[tuple[int, ...]] = []
+    for l in range(n):
+        src: tuple[int, ...] = ()
+        if l > bottom:
+            src = tuple(j for j in range(l - 1) if (j <= bottom and scales[j] >= scales[l]) or j > bottom)
+        out.append(src)
+    return out
+
+
 class RecurrentStack(Predictor):
     """L stacked recurrent cells with a frame codec; flat or multi-scale (MS-RNN).
 
@@ -79,7 +123,8 @@ class RecurrentStack(Predictor):
         layers: L; channels: C of every layer (int or one per layer); kernel: k.
         frame_channels, frame_size, in_len, out_len: sequence layout (see :class:`Predictor`).
         patch: space-to-depth factor of the codec; embed: ``'patch'`` or ``'conv1x1'``.
-        scales: per-layer scale (1, 1/2, 1/4 ...); None = flat. ``skip``: ``'add'`` or ``'none'``.
+        scales: per-layer scale (1, 1/2, 1/4 ...); None = flat. ``skip``: ``'add'``, ``'none'``,
+            ``'unet3p'`` or ``'dense'`` (see :func:`skip_sets`; all parameter-free).
         down, up: resampling operators (``'max'``/``'avg'``, ``'bilinear'``/``'nearest'``).
         cell_kw: extra keyword arguments for every cell (``recurrent``, ``hadamard``, ``peephole``...).
         layer_kw: optional list of per-layer keyword arguments, merged over ``cell_kw``
@@ -109,17 +154,20 @@ class RecurrentStack(Predictor):
         h, w = self.frame_size
         # Each cell may need its state divisible further (e.g. MotionRNN's stride-2 encoder).
         multiple = max(getattr(cell_entry(n)[0], "size_multiple", 1) for n in cells)
-        factor = patch * max(int(round(1 / s)) for s in scales) * multiple
+        factor = patch * max(round(1 / s) for s in scales) * multiple
         if h % factor or w % factor:
             ok = (-(-h // factor) * factor, -(-w // factor) * factor)
             raise ValueError(
                 f"frame size {h}x{w} is not divisible by {factor} (patch {patch} x smallest scale "
-                f"1/{max(int(round(1 / s)) for s in scales)} x cell multiple {multiple}); the smallest valid "
+                f"1/{max(round(1 / s) for s in scales)} x cell multiple {multiple}); the smallest valid "
                 f"size is {ok[0]}x{ok[1]}: resize or crop the frames")
         base = (h // patch, w // patch)
         self.sizes = [(int(base[0] * s), int(base[1] * s)) for s in scales]
         self.down, self.up = down, up
-        self.skips = skip_sources(scales, skip)
+        self.skip_mode = skip
+        self.skip_from = skip_sets(scales, skip)  # per layer: earlier layers added to its input
+        # single-source view kept for 'add'/'none' (None for the multi-source modes)
+        self.skips = skip_sources(scales, skip) if skip in ("add", "none") else None
         self.codec = FrameCodec(frame_channels, chans[-1], patch, embed, embed_channels, out_activation)
         per_layer = list(layer_kw or [{}] * layers)
         if len(per_layer) != layers:
@@ -135,9 +183,12 @@ class RecurrentStack(Predictor):
         if self.zigzag and len({c for c, z in zip(chans, zig) if z}) != 1:
             raise ValueError("the zig-zag memory M needs the same channel count in every layer that carries it")
         self.memory_channels = next((c for c, z in zip(chans, zig) if z), 0)
-        for l, src in enumerate(self.skips):
-            if src is not None and chans[src] != chans[l - 1]:
-                raise ValueError(f"skip from layer {src} to layer {l} needs equal channel counts")
+        for l, sources in enumerate(self.skip_from):
+            for src in sources:
+                if chans[src] != chans[l - 1]:
+                    raise ValueError(f"skip from layer {src} to layer {l} (skip={skip!r}) needs equal channel "
+                                     f"counts, got {chans[src]} and {chans[l - 1]}: use equal channels or "
+                                     "skip='none'")
 
     # -- one time step -----------------------------------------------------------------------
     def step(self, frame: Tensor, state: StackState | None) -> tuple[Tensor, StackState]:
@@ -150,8 +201,8 @@ class RecurrentStack(Predictor):
         for l, cell in enumerate(self.cells):
             if l > 0:
                 x = resample(outs[-1], self.sizes[l], self.down, self.up)
-                if self.skips[l] is not None:
-                    x = x + outs[self.skips[l]]
+                for j in self.skip_from[l]:
+                    x = x + resample(outs[j], self.sizes[l], self.down, self.up)
             if cell.zigzag:
                 if m is None:
                     m = x.new_zeros(x.shape[0], self.memory_channels, *self.sizes[l])

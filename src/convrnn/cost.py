@@ -1,0 +1,372 @@
+"""Exact cost accounting: parameters, multiplications, MACs and activation memory.
+
+Two independent counts that must agree (``tests/test_cost.py`` checks them for every registered cell):
+
+- **analytic** (:func:`analytic_cell_cost`), from the module's structure, the way the seeds count
+  (reference/cells.md §4), for ONE step of ONE sample with an H x W state:
+
+  * every ``nn.Conv2d``: ``MACs = H_out W_out k_h k_w (C_in / groups) C_out`` (output size from the
+    convolution's stride/padding/dilation applied to H x W: the state size for "same" padding);
+  * every Hadamard-type parameter (a parameter of a non-convolution module with >= 3 dimensions:
+    ``RecurrentOp.weight`` of shape (n, C, H|1, W|1), ConvLSTM's peepholes (3, C, H, W)):
+    ``n C H W`` products, at the state size whether the weight is per position or per channel;
+  * ``cell.gating_products * C H W`` products of two signals (f ⊙ c, i ⊙ g, o ⊙ tanh c ...);
+  * ``mults = conv MACs + Hadamard products + gating products``; ``macs`` = the convolution MACs.
+
+  A cell whose work the walker cannot see (attention, ``grid_sample``, convolutions on maps of
+  another size) defines ``analytic_cost(height, width) -> {'params', 'mults', 'macs'}``; when present
+  it is used instead of the walker (TrajGRU, MotionRNN and PrecipLSTM do).
+
+- **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
+  ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
+  ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), ``aten.mul`` between two tensors that both hold
+  more than one element (a product of two signals; scaling by a constant is not), and bilinear
+  ``aten.grid_sampler_2d`` (4 products per output element: the four corner values times their
+  weights).  Every other operator is tallied by name only.
+
+Conventions: 1 MAC = 1 multiplication + 1 addition = 2 FLOPs.  ``mults`` counts multiplications
+(MACs + elementwise products); additions, divisions, activations, normalisations and softmax are
+not counted.  Cell figures are per step and per sample; model figures (:func:`model_cost`) are per
+sequence (all ``in_len + out_len - 1`` steps of one sample), encoder/decoder (codec) included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+# -- measured counts ---------------------------------------------------------------------------
+
+#: matrix products -> position of the left operand; MACs = output numel x its last dimension
+_MATMULS = {aten.mm: 0, aten.addmm: 1, aten.bmm: 0, aten.baddbmm: 1, aten.mv: 0, aten.addmv: 1, aten.dot: 0}
+_MULS = {aten.mul, aten.mul_}
+#: products per output element of grid_sample by interpolation mode (0 bilinear, 1 nearest, 2 bicubic)
+_GRID_PRODUCTS = {0: 4, 1: 0, 2: 16}
+
+
+@dataclass
+class Counts:
+    """What :func:`count_ops` saw: MACs of convolutions and matrix products, elementwise products of
+    two signals, and the number of calls of every ATen operator (by name, e.g. ``'aten.sigmoid'``)."""
+    macs: int = 0
+    products: int = 0
+    ops: Counter = field(default_factory=Counter)
+
+    @property
+    def mults(self) -> int:
+        """All multiplications: MACs + elementwise products."""
+        return self.macs + self.products
+
+
+def _conv_macs(args, out: Tensor) -> int:
+    x, w, transposed = args[0], args[1], args[6]
+    # one MAC per weight entry of an output channel (input channel, if transposed) per output
+    # (input) element: weight (C_out, C_in/groups, k...) or, transposed, (C_in, C_out/groups, k...)
+    return (x.numel() if transposed else out.numel()) * w[0].numel()
+
+
+def _is_signal(a) -> bool:
+    return isinstance(a, Tensor) and a.numel() > 1
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, counts: Counts):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        c = self.counts
+        c.ops[str(packet)] += 1
+        if packet is aten.convolution:
+            c.macs += _conv_macs(args, out)
+        elif packet in _MATMULS:
+            c.macs += out.numel() * args[_MATMULS[packet]].shape[-1]
+        elif packet in _MULS and len(args) >= 2 and _is_signal(args[0]) and _is_signal(args[1]):
+            c.products += out.numel()
+        elif packet is aten.grid_sampler_2d:
+            c.products += _GRID_PRODUCTS.get(args[2], 0) * out.numel()
+        return out
+
+
+def count_ops(fn, *args, **kw) -> Counts:
+    """Run ``fn(*args, **kw)`` once and count its MACs, elementwise products and operators.
+
+    Counts cover the whole call (every sample of the batch); backward is not run.
+    """
+    counts = Counts()
+    with _Counter(counts):
+        fn(*args, **kw)
+    return counts
+
+
+# -- analytic counts ---------------------------------------------------------------------------
+
+_OPAQUE = (nn.Linear, nn.Bilinear, nn.MultiheadAttention, nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d,
+           nn.ConvTranspose2d, nn.ConvTranspose3d, nn.RNNBase, nn.RNNCellBase)
+
+
+def _conv_out(size: int, i: int, conv: nn.Conv2d) -> int:
+    if conv.padding == "same":
+        return size
+    pad = 0 if conv.padding == "valid" else conv.padding[i]
+    return (size + 2 * pad - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+
+
+def conv2d_macs(conv: nn.Conv2d, height: int, width: int) -> int:
+    """MACs of one ``nn.Conv2d`` on one H x W input: H_out W_out k_h k_w (C_in / groups) C_out."""
+    return _conv_out(height, 0, conv) * _conv_out(width, 1, conv) * conv.weight.numel()
+
+
+def analytic_cell_cost(cell: nn.Module, height: int, width: int) -> dict:
+    """Parameters, multiplications and MACs of one step of ``cell``, batch 1, H x W state, counted
+    from its structure (module docstring; reference/cells.md §4).  Uses ``cell.analytic_cost`` when
+    the cell defines it."""
+    if hasattr(cell, "analytic_cost"):
+        return {k: int(v) for k, v in cell.analytic_cost(height, width).items()}
+    hw = height * width
+    macs = hadamard = 0
+    for name, mod in cell.named_modules():
+        if isinstance(mod, _OPAQUE):
+            raise ValueError(  # noqa: TRY004 - a cell the walker cannot count, not a wrong argument type
+                f"{type(cell).__name__}.{name} is a {type(mod).__name__}, which the analytic counter "
+                "cannot size; give the cell an analytic_cost(height, width) method")
+        if isinstance(mod, nn.Conv2d):
+            macs += conv2d_macs(mod, height, width)
+            continue
+        for p in mod.parameters(recurse=False):
+            if p.dim() >= 3:  # Hadamard weight (..., H|1, W|1): one product per state element
+                hadamard += math.prod(p.shape[:-2]) * hw
+    gating = cell.gating_products * cell.channels * hw
+    return {"params": sum(p.numel() for p in cell.parameters()), "mults": macs + hadamard + gating, "macs": macs}
+
+
+def _random_like(state: Any) -> Any:
+    if isinstance(state, Tensor):
+        return torch.randn_like(state)
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(_random_like(s) for s in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(_random_like(s) for s in state)
+    return state
+
+
+def cell_cost(cell: nn.Module, height: int, width: int, batch: int = 1) -> dict:
+    """Analytic and measured cost of one step of ``cell`` on an H x W state.
+
+    Runs one step from a random non-zero state (and a random zig-zag memory for PredRNN-family
+    cells) under :func:`count_ops`.  Returns ``params``, ``mults`` (analytic), ``mults_measured``
+    (measured, divided by ``batch``: per sample) and ``macs`` (analytic convolution MACs).
+    """
+    if batch < 1 or height < 1 or width < 1:
+        raise ValueError(f"batch, height and width must be positive, got {batch}, {height}, {width}")
+    x = torch.randn(batch, cell.in_channels, height, width)
+    state = _random_like(cell.init_state(x))
+    kw = {"memory": torch.randn(batch, cell.channels, height, width)} if getattr(cell, "zigzag", False) else {}
+    with torch.no_grad():
+        counts = count_ops(cell, x, state, **kw)
+    analytic = analytic_cell_cost(cell, height, width)
+    return {"params": analytic["params"], "mults": analytic["mults"],
+            "mults_measured": counts.mults // batch, "macs": analytic["macs"]}
+
+
+# -- whole models ------------------------------------------------------------------------------
+
+class _SavedBytes:
+    """saved_tensors_hooks that add up the storages autograd keeps for backward, each storage once,
+    parameters excluded."""
+
+    def __init__(self, params):
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        # storage address -> (bytes, a tensor on it, kept so that the address is not reused)
+        self.seen: dict[int, tuple[int, Tensor]] = {}
+
+    def pack(self, t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        ptr = s.data_ptr()
+        if ptr not in self.skip and s.nbytes():
+            self.seen[ptr] = (s.nbytes(), t)
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(n for n, _ in self.seen.values())
+
+
+def model_cost(model: nn.Module, batch: int = 1) -> dict:
+    """Parameters and per-sequence MACs, multiplications and activation bytes of a predictor.
+
+    Runs ``model(frames, mask)`` once on random frames (batch, in_len + out_len, C, H, W) with
+    teacher forcing (mask all True), gradients enabled, measuring MACs and multiplications with
+    :func:`count_ops` and the bytes autograd saves for backward with saved-tensor hooks (each storage
+    once, parameters excluded, inputs included).  The model's mode (train/eval) is kept and its
+    buffers are restored afterwards.  Every figure but ``params`` is divided by
+    ``batch``; tensors shared by the whole batch (coordinate grids...) make ``activation_bytes``
+    exact only at batch 1.
+    """
+    for attr in ("in_len", "out_len", "frame_channels", "frame_size"):
+        if not hasattr(model, attr):
+            raise ValueError(f"model_cost needs a sequence predictor with .{attr} (see convrnn.models.base."
+                             f"Predictor); {type(model).__name__} has none")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    t = model.in_len + model.out_len
+    frames = torch.rand(batch, t, model.frame_channels, *model.frame_size)
+    mask = torch.ones(batch, t - 1, dtype=torch.bool)
+    saved = _SavedBytes(model.parameters())
+    buffers = [b.clone() for b in model.buffers()]  # e.g. batch-norm statistics: left as they were
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        counts = count_ops(model, frames, mask)
+    with torch.no_grad():
+        for b, old in zip(model.buffers(), buffers):
+            b.copy_(old)
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": counts.macs // batch,
+            "mults": counts.mults // batch, "activation_bytes": saved.total // batch}
+
+
+# -- the reference table (reference/cells.md §4) -----------------------------------------------
+
+REFERENCE_CELLS = (("LSTM", "convlstm"), ("GRU", "convgru"), ("JANET", "convjanet"), ("GEM", "gem"))
+VARIANT_NAMES = (("Conv", "conv"), ("ConvIndConv", "indconv"), ("ConvInd", "ind"))
+
+
+def reference_table(channels: int = 64, kernel: int = 3, size: int = 16) -> list[dict]:
+    """Rows of the seeds' counting table: C_x = C = ``channels``, k = ``kernel``, ``size`` x ``size``
+    state, per-position Hadamard weights, no peepholes, recurrent cell only, one step, batch 1.
+
+    Each row: ``cell``, ``variant``, ``params``, ``mults``, ``macs`` and their reductions
+    ``dparams``, ``dmults``, ``dmacs`` in percent of the cell's Conv variant (None on that row).
+    """
+    from .registry import create_cell
+    rows = []
+    for label, name in REFERENCE_CELLS:
+        base = None
+        for vlabel, variant in VARIANT_NAMES:
+            cell = create_cell(name, in_channels=channels, channels=channels, kernel=kernel,
+                               recurrent=variant, hadamard="position", size=(size, size))
+            cost = analytic_cell_cost(cell, size, size)
+            base = base or cost
+            row = {"cell": label, "variant": vlabel, **cost}
+            for key in ("params", "mults", "macs"):
+                row["d" + key] = None if cost is base else 100.0 * (1 - cost[key] / base[key])
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`reference_table` as a markdown table (K params, M mults/MACs, Δ = reduction)."""
+    def pct(v):
+        return "–" if v is None else f"{v:.1f}%"
+    lines = ["| cell | variant | params (K) | mults (M) | MACs (M) | Δparams | Δmults | ΔMACs |",
+             "|------|---------|-----------:|----------:|---------:|--------:|-------:|------:|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['variant']} | {r['params'] / 1e3:.1f} | {r['mults'] / 1e6:.2f} | "
+                     f"{r['macs'] / 1e6:.2f} | {pct(r['dparams'])} | {pct(r['dmults'])} | {pct(r['dmacs'])} |")
+    return "\n".join(lines)
+
+
+# -- the ``convrnn cost`` command ----------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convrnn cost",
+        description="Parameters and multiplications of one cell step (batch 1), or of a whole model "
+                    "over one sequence (--config).  1 MAC = 2 FLOPs; mults = MACs + elementwise products.")
+    p.add_argument("cell", nargs="?", metavar="CELL", help="registered cell name (convrnn models lists them)")
+    p.add_argument("--variant", choices=("conv", "indconv", "ind"),
+                   help="recurrent terms: conv, Hadamard in the gates (indconv) or everywhere (ind)")
+    p.add_argument("--hadamard", choices=("position", "channel"), default="position",
+                   help="Hadamard weights per position (C x H x W, default) or per channel (C)")
+    p.add_argument("--in-channels", type=int, metavar="N", help="C_x (default: --channels)")
+    p.add_argument("--channels", type=int, default=64, metavar="N", help="C (default 64)")
+    p.add_argument("--kernel", type=int, default=3, metavar="K", help="k (default 3)")
+    p.add_argument("--height", type=int, default=16, metavar="H", help="state height (default 16)")
+    p.add_argument("--width", type=int, default=16, metavar="W", help="state width (default 16)")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="training YAML: cost of its model over one sequence")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch used to measure a --config model (default 1)")
+    p.add_argument("--table", action="store_true", help="print the reference table (reference/cells.md §4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def load_model_config(path: Path) -> dict:
+    """The model dict of a YAML config: ``model.net`` (training config) or ``model`` itself."""
+    import yaml
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} not found")
+    cfg = yaml.safe_load(path.read_text())
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("net"), dict):
+        return model["net"]
+    if isinstance(model, dict) and "name" in model:
+        return model
+    raise ValueError(f"{path}: expected a 'model:' section holding 'net: {{name: stack, ...}}' or the model "
+                     "dict itself ({name: stack, cell: convlstm, ...})")
+
+
+def _single_cell(a) -> dict:
+    from .registry import create_cell
+    for flag in ("in_channels", "channels", "kernel", "height", "width"):
+        value = getattr(a, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    kw = {"in_channels": a.channels if a.in_channels is None else a.in_channels, "channels": a.channels, "kernel": a.kernel,
+          "hadamard": a.hadamard, "size": (a.height, a.width)}
+    if a.variant:
+        kw["recurrent"] = a.variant
+    cell = create_cell(a.cell, **kw)
+    return cell_cost(cell, a.height, a.width)
+
+
+def _print(result: dict, as_json: bool, header: str) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(header)
+    for key, value in result.items():
+        print(f"  {key:16s} {value:>16,d}")
+
+
+def main(argv: list[str]) -> int:
+    """``convrnn cost CELL [options] | --config FILE.yaml [--batch N] | --table`` (see --help)."""
+    p = _parser()
+    a = p.parse_args(argv)
+    chosen = [bool(a.cell), a.config is not None, a.table]
+    if sum(chosen) != 1:
+        p.error("give exactly one of CELL, --config FILE.yaml or --table")
+    if a.batch != 1 and a.config is None:
+        p.error("--batch applies to --config only (cell counts are per sample)")
+    try:
+        if a.table:
+            print(format_table(reference_table()))
+        elif a.config is not None:
+            from .registry import model_from_config
+            model = model_from_config(load_model_config(a.config))
+            _print(model_cost(model, a.batch), a.json,
+                   f"{a.config}: per sequence ({model.in_len}+{model.out_len} frames, teacher forcing), "
+                   "codec included; MACs = conv/matmul, mults = MACs + elementwise products")
+        else:
+            _print(_single_cell(a), a.json,
+                   f"{a.cell}: one step, batch 1, {a.height}x{a.width} state; macs = conv MACs (1 MAC = 2 FLOPs), "
+                   "mults = MACs + Hadamard + gating products")
+    except KeyError as e:  # unknown cell / model names
+        p.error(e.args[0] if e.args else str(e))
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,33 @@
+"""Datasets: Moving MNIST (generated on the fly from real MNIST digits, or the standard test file) and your
+own frames, as LightningDataModules whose batches are float32 tensors (B, T, C, H, W) in [0, 1]."""
+from .frames import ArrayFrames, FramesDataModule, read_array
+from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
+from .moving_mnist import (
+    MOVING_MNIST_URL,
+    Motion,
+    MovingMNIST,
+    MovingMNISTDataModule,
+    bounce_trajectory,
+    generate_moving_mnist,
+    load_moving_mnist_npy,
+    render,
+    sample_motion,
+)
+
+__all__ = [
+    "MOVING_MNIST_URL",
+    "ArrayFrames",
+    "FramesDataModule",
+    "Motion",
+    "MovingMNIST",
+    "MovingMNISTDataModule",
+    "bounce_trajectory",
+    "default_mnist_dir",
+    "download_mnist",
+    "generate_moving_mnist",
+    "load_mnist_digits",
+    "load_moving_mnist_npy",
+    "read_array",
+    "render",
+    "sample_motion",
+]

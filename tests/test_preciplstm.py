@@ -1,0 +1,341 @@
+"""PrecipLSTM (Ma et al. 2022): the local attention against a naive per-pixel loop, the
+temporal-difference memory and a whole step against hand computations (F.conv2d with the module's
+own weights), zig-zag memory, costs, gradients, training, Hadamard variants and errors."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from convrnn import create_cell, create_model
+from convrnn.cells.preciplstm import local_attention
+from convrnn.layers import RecurrentOp
+from convrnn.registry import model_from_config
+
+sig, tanh = torch.sigmoid, torch.tanh
+CIN, C, SIZE, K = 3, 4, (6, 8), 3   # K: attention window in the unit tests
+VARIANTS = [("conv", "position"), ("indconv", "position"), ("indconv", "channel"), ("ind", "position"),
+            ("ind", "channel")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny maps: one intra-op thread is faster on the small shared CPU; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(variant="conv", mode="position", size=SIZE, cin=CIN, **kw):
+    kw = {"neighbourhood": K, **kw}
+    return create_cell("preciplstm", in_channels=cin, channels=C, recurrent=variant, hadamard=mode, size=size, **kw)
+
+
+def randomize(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.4)
+    return module
+
+
+# -- the local attention ---------------------------------------------------------------------------
+def naive_local_attention(q, k, v, size):
+    """Pixel by pixel: logits q_ij · k_mn over the size x size window (0 for neighbours off the map,
+    whose value is 0 too), softmax, weighted sum of v."""
+    b, c, hh, ww = q.shape
+    r = size // 2
+    out = torch.zeros_like(q)
+    for n in range(b):
+        for i in range(hh):
+            for j in range(ww):
+                logits, values = [], []
+                for m in range(i - r, i + r + 1):
+                    for p in range(j - r, j + r + 1):
+                        inside = 0 <= m < hh and 0 <= p < ww
+                        logits.append(torch.dot(q[n, :, i, j], k[n, :, m, p]) if inside else q.new_zeros(()))
+                        values.append(v[n, :, m, p] if inside else q.new_zeros(c))
+                w = torch.softmax(torch.stack(logits), 0)
+                out[n, :, i, j] = (w[:, None] * torch.stack(values)).sum(0)
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 13])   # 13 > the 6 x 8 map: every pixel sees it all
+def test_local_attention_against_naive_loop(size):
+    q, k, v = (torch.randn(2, C, *SIZE) for _ in range(3))
+    torch.testing.assert_close(local_attention(q, k, v, size), naive_local_attention(q, k, v, size),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_window_one_is_the_identity_on_v():
+    q, k, v = (torch.randn(1, C, *SIZE) for _ in range(3))
+    torch.testing.assert_close(local_attention(q, k, v, 1), v)
+
+
+# -- one step by hand ------------------------------------------------------------------------------
+def conv(x, w, b=None):
+    return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+
+
+def in_blocks(cv, x, n):
+    c = cv.weight.shape[0] // n
+    return [conv(x, cv.weight[i * c:(i + 1) * c], cv.bias[i * c:(i + 1) * c]) for i in range(n)]
+
+
+def rec_blocks(op, h):
+    """U_b ∘ h per block of a RecurrentOp (conv slices, Hadamard rows) in block order."""
+    out, ci, hi = [], 0, 0
+    for kind in op.kinds:
+        if kind == "conv":
+            out.append(conv(h, op.conv.weight[ci * C:(ci + 1) * C]))
+            ci += 1
+        else:
+            out.append(op.weight[hi] * h)
+            hi += 1
+    return out
+
+
+def ref_step(cell, x, h, c, m, ms, mt, x_prev):
+    """The equations of the PrecipLSTM docstring, written out with the cell's weights."""
+    wq, wk, wv = cell.qkv.weight.chunk(3, 0)
+    att = naive_local_attention(conv(x, wq), conv(x, wk), conv(x, wv), cell.neighbourhood)
+    xa = x + conv(att, cell.att_out.weight, cell.att_out.bias)
+    i, f, o, g, i2, f2, g2, is_, fs, gs = in_blocks(cell.wx, xa, 10)
+    ui, uf, uo, ug = rec_blocks(cell.uh, h)
+    c = sig(f + uf) * c + sig(i + ui) * tanh(g + ug)
+    vi, vf, vg = rec_blocks(cell.um, m)
+    m = sig(f2 + vf) * m + sig(i2 + vi) * tanh(g2 + vg)
+    si, sf, sg = rec_blocks(cell.us, ms)
+    ms = sig(fs + sf) * ms + sig(is_ + si) * tanh(gs + sg)
+    ti, tf, tg = in_blocks(cell.wd, x - x_prev, 3)
+    ri, rf, rg = rec_blocks(cell.ut, mt)
+    mt = sig(tf + rf) * mt + sig(ti + ri) * tanh(tg + rg)
+    (oc,), (os_,), (ot,), (om,) = (rec_blocks(op, s) for op, s in
+                                   ((cell.vc, c), (cell.vs, ms), (cell.vt, mt), (cell.vm, m)))
+    o = sig(o + uo + oc + os_ + ot + om)
+    h = o * tanh(conv(torch.cat([c, ms, mt, m], 1), cell.fuse.weight, cell.fuse.bias))
+    return h, c, m, ms, mt
+
+
+def random_state(batch=2):
+    return [torch.randn(batch, C, *SIZE) for _ in range(5)] + [torch.randn(batch, CIN, *SIZE)]
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS)
+def test_step_against_hand_computation(variant, mode):
+    cell = randomize(make(variant, mode))
+    x, state = torch.randn(2, CIN, *SIZE), random_state()
+    memory = torch.randn(2, C, *SIZE)
+    h, new = cell(x, cell.init_state(x)._make(state), memory=memory)
+    h0, c0, _, ms0, mt0, xp0 = state
+    want = ref_step(cell, x, h0, c0, memory, ms0, mt0, xp0)
+    for got, ref in zip((h, new.c, new.m, new.ms, new.mt), want):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert new.h is h and new.x_prev is x
+
+
+def test_temporal_difference_memory():
+    """TDM: mt_t = f ⊙ mt + i ⊙ g with [i, f, g] = W * (x_t - x_{t-1}) + U * mt; x_{t-1} = 0 at the
+    first step (δ_0 = x_0), then the cell's own previous input."""
+    cell = randomize(make())
+    x0, x1 = torch.randn(2, CIN, *SIZE), torch.randn(2, CIN, *SIZE)
+
+    def ref_mt(delta, mt):
+        i, f, g = in_blocks(cell.wd, delta, 3)
+        ri, rf, rg = rec_blocks(cell.ut, mt)
+        return sig(f + rf) * mt + sig(i + ri) * tanh(g + rg)
+
+    _, s0 = cell(x0)
+    assert s0.x_prev is x0
+    torch.testing.assert_close(s0.mt, ref_mt(x0, torch.zeros(2, C, *SIZE)), atol=1e-6, rtol=1e-6)
+    _, s1 = cell(x1, s0)
+    torch.testing.assert_close(s1.mt, ref_mt(x1 - x0, s0.mt), atol=1e-6, rtol=1e-6)
+    # the TDM sees only the difference: shifting both inputs by a constant leaves its update alone
+    _, s2 = cell(x1 + 3.0, s0._replace(x_prev=x0 + 3.0))
+    torch.testing.assert_close(s2.mt, s1.mt, atol=1e-6, rtol=1e-6)
+
+
+def test_memory_argument_wins_and_own_memory_is_fed_back():
+    cell = randomize(make())
+    x = torch.randn(2, CIN, *SIZE)
+    _, s = cell(x)
+    own, _ = cell(x, s)
+    explicit, _ = cell(x, s, memory=s.m)
+    other, _ = cell(x, s, memory=s.m + 1.0)
+    torch.testing.assert_close(own, explicit)
+    assert not torch.allclose(own, other)
+    assert cell.zigzag and cell.registry_name == "preciplstm"
+
+
+def test_defaults():
+    cell = create_cell("preciplstm", in_channels=CIN, channels=C)
+    assert cell.neighbourhood == 31 and cell.gating_products == 9 and cell.qkv.bias is None
+    built = []
+    for fb in (None, 0.0, 1.0):
+        torch.manual_seed(0)
+        kw = {} if fb is None else {"forget_bias": fb}
+        built.append(create_cell("preciplstm", in_channels=CIN, channels=C, **kw))
+    default, zero, one = built
+    assert torch.equal(default.wx.bias, zero.wx.bias)   # no forget bias by default (the reference's)
+    delta = (one.wx.bias - zero.wx.bias).view(10, C)[:, 0]
+    assert delta.tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 1, 0]   # f, f' and the SLAM forget gate
+    assert (one.wd.bias - zero.wd.bias).view(3, C)[:, 0].tolist() == [0, 1, 0]   # the TDM forget gate
+
+
+# -- costs -----------------------------------------------------------------------------------------
+class Count(TorchDispatchMode):
+    """Elements of every aten.mul of two non-scalar tensors, and convolution MACs."""
+
+    def __init__(self):
+        super().__init__()
+        self.products = 0
+        self.macs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.mul and all(
+                isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[:2]):
+            self.products += out.numel()
+        if func.overloadpacket is torch.ops.aten.convolution:
+            self.macs += args[1].numel() * out[0, 0].numel() * out.shape[0]
+        return out
+
+
+def hadamard_blocks(cell):
+    return sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS)
+def test_analytic_cost_matches_runtime_count(variant, mode):
+    cell = randomize(make(variant, mode, neighbourhood=5))
+    x = torch.randn(1, CIN, *SIZE)
+    with Count() as n:
+        cell(x, cell.init_state(x)._make(random_state(1)), memory=torch.randn(1, C, *SIZE))
+    hw = SIZE[0] * SIZE[1]
+    attention = 2 * 25 * CIN * hw
+    assert n.products == (cell.gating_products + hadamard_blocks(cell)) * C * hw + attention
+    cost = cell.analytic_cost(*SIZE)
+    assert cost == {"params": sum(p.numel() for p in cell.parameters()), "mults": n.macs + n.products,
+                    "macs": n.macs}
+
+
+def test_cost_module_agrees_if_present():
+    import convrnn.cost as cost
+    fn = getattr(cost, "cell_cost", None)
+    if fn is None:
+        pytest.skip("convrnn.cost has no cell_cost entry point")
+    cell = make("indconv")
+    got = fn(cell, *SIZE)
+    want = cell.analytic_cost(*SIZE)
+    assert {k: got[k] for k in want} == want
+    assert got["mults_measured"] == want["mults"]
+
+
+# -- gradients, training, variants in networks -----------------------------------------------------
+def test_gradients_reach_every_parameter():
+    cell = randomize(make("indconv", "channel"))
+    x0, x1 = torch.randn(2, CIN, *SIZE), torch.randn(2, CIN, *SIZE)
+    _, s = cell(x0)
+    h, s = cell(x1, s)
+    (h.square().sum() + s.m.sum()).backward()
+    missing = [n for n, p in cell.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def moving_square(batch=2, steps=6, size=16):
+    frames = torch.zeros(batch, steps, 1, size, size)
+    for b in range(batch):
+        y, x, dy, dx = 2 + 3 * b, 1 + 2 * b, 1, 2
+        for t in range(steps):
+            frames[b, t, :, y:y + 4, x:x + 4] = 1.0
+            dy = -dy if not 0 <= y + dy <= size - 4 else dy
+            dx = -dx if not 0 <= x + dx <= size - 4 else dx
+            y, x = y + dy, x + dx
+    return frames
+
+
+TINY = {"channels": 8, "frame_size": (16, 16), "in_len": 4, "out_len": 2, "embed": "conv1x1",
+        "cell_kw": {"neighbourhood": 3}}
+
+
+@pytest.mark.parametrize("name,layers", [("stack", 2), ("msrnn", 4)])
+def test_model_trains(name, layers):
+    torch.manual_seed(0)
+    model = create_model(name, cell="preciplstm", layers=layers, **TINY)
+    if name == "msrnn":
+        assert model.scales == (1, 0.5, 0.5, 1)
+    frames = moving_square()
+    teacher = torch.ones(2, 5, dtype=torch.bool)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        pred = model(frames, teacher)
+        loss = F.mse_loss(pred.outputs, pred.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_pyramid_keeps_each_layers_previous_input_at_its_scale():
+    model = create_model("msrnn", cell="preciplstm", layers=4, **TINY)
+    frames = torch.rand(1, 6, 1, 16, 16)
+    _, s1 = model.step(frames[:, 0], None)
+    assert [tuple(s.x_prev.shape[-2:]) for s in s1.layers] == [(16, 16), (8, 8), (8, 8), (16, 16)]
+    _, s2 = model.step(frames[:, 1], s1)
+    # layer 1 differences its own input: the embedded frames
+    emb = [model.codec.encode(frames[:, t]) for t in (0, 1)]
+    torch.testing.assert_close(s1.layers[0].x_prev, emb[0])
+    torch.testing.assert_close(s2.layers[0].x_prev, emb[1])
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS[1:])
+def test_hadamard_variants_run_in_a_pyramid(variant, mode):
+    model = create_model("msrnn", cell="preciplstm_" + variant, layers=3, scales=(1, 0.5, 1),
+                         **{**TINY, "cell_kw": {**TINY["cell_kw"], "hadamard": mode}})
+    pred = model(torch.rand(1, 6, 1, 16, 16))
+    assert pred.future.shape == (1, 2, 1, 16, 16) and torch.isfinite(pred.outputs).all()
+    pred.outputs.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# -- configs -------------------------------------------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "msrnn"
+
+
+def test_msrnn_configs_build_flat_equals_ms_params():
+    """6 x 64, k3, 1x1 embed/readout at patch 1 (MS-RNN's code: 7.041M = 7,041,217: it biases every convolution, 6 x 1,088 more)."""
+    from convrnn.train import PredictionTask
+    flat, ms = (yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text())["model"] for stem in ("preciplstm", "ms_preciplstm"))
+    a, b = model_from_config(flat["net"]), model_from_config(ms["net"])
+    n = sum(p.numel() for p in a.parameters())
+    assert n == sum(p.numel() for p in b.parameters()) == 7_034_689
+    assert not a.multiscale and b.scales == (1, 0.5, 0.25, 0.25, 0.5, 1)
+    assert flat["loss"] == "l1+l2" and flat["lr"] == 3.0e-4 and flat["schedule"]["name"] == "linear"
+    assert flat["net"]["embed"] == "conv1x1" and flat["net"]["patch"] == 1
+    task = PredictionTask(**ms)
+    assert sum(p.numel() for p in task.net.parameters()) == 7_034_689
+
+
+# -- errors ----------------------------------------------------------------------------------------
+def test_errors():
+    with pytest.raises(ValueError, match="neighbourhood must be a positive odd window size"):
+        make(neighbourhood=4)
+    with pytest.raises(ValueError, match="positive odd size"):
+        local_attention(*(torch.randn(1, C, *SIZE) for _ in range(3)), 2)
+    with pytest.raises(ValueError, match="q, k, v must share one"):
+        local_attention(torch.randn(1, C, *SIZE), torch.randn(1, C, 4, 4), torch.randn(1, C, *SIZE), 3)
+    with pytest.raises(ValueError, match="need the state size"):
+        make("indconv", size=None)
+    cell = make()
+    x = torch.randn(2, CIN, *SIZE)
+    with pytest.raises(ValueError, match="built for 3 input channels but got 4"):
+        cell(torch.randn(2, 4, *SIZE))
+    with pytest.raises(ValueError, match="expects the zig-zag memory M of shape"):
+        cell(x, memory=torch.randn(2, C, 3, 4))
+    _, s = cell(x)
+    with pytest.raises(ValueError, match="x_prev must be this layer's input at the previous step"):
+        cell(x, s._replace(x_prev=torch.randn(2, CIN, 3, 4)))
