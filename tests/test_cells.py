@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn import create_cell
+from convrnn.cost import count_ops
 from convrnn.layers import RecurrentOp
+from helpers import hadamard_blocks, in_blocks, randomize, rec_blocks
 
 sig, tanh = torch.sigmoid, torch.tanh
 
@@ -41,39 +42,7 @@ def make(spec, variant, mode, cin=CIN, channels=C, size=SIZE, kernel=3):
                        hadamard=mode, size=size if needs_size else None, **kw)
 
 
-def randomize(cell):
-    """Signed random weights everywhere, so that no block (zero peepholes, positive Hadamard
-    weights, constant forget biases) can hide behind its initialisation."""
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.normal_(0.0, 0.5)
-    return cell
-
-
-# -- hand computation helpers ----------------------------------------------------------------
-def in_blocks(conv, x, n):
-    """W_b * x + b_b for each of the n blocks of a fused input convolution."""
-    w, b = conv.weight, conv.bias
-    c = w.shape[0] // n
-    pad = w.shape[-1] // 2
-    return [F.conv2d(x, w[i * c:(i + 1) * c], b[i * c:(i + 1) * c], padding=pad) for i in range(n)]
-
-
-def rec_blocks(op, h):
-    """U_b ∘ h for each block of a RecurrentOp, in block order: conv blocks take consecutive
-    slices of op.conv.weight, Hadamard blocks consecutive rows of op.weight."""
-    out, ci, hi, c = [], 0, 0, op.channels
-    for kind in op.kinds:
-        if kind == "conv":
-            w = op.conv.weight[ci * c:(ci + 1) * c]
-            out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
-            ci += 1
-        else:
-            out.append(op.weight[hi] * h)
-            hi += 1
-    return out
-
-
+# -- hand computation helpers: in_blocks, rec_blocks (helpers.py) --------------------------
 def add(a, b):
     return [p + q for p, q in zip(a, b)]
 
@@ -336,36 +305,15 @@ def test_property_shapes_and_finite(spec, variant, mode, batch, cin, channels, h
 
 
 # -- costs: the §4 table and the runtime product count ---------------------------------------
-class CountProducts(TorchDispatchMode):
-    """Elements produced by aten.mul between two non-scalar tensors (what exact cost counting
-    treats as products of two signals)."""
-
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.mul and all(
-                isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[:2]):
-            self.elements += out.numel()
-        return out
-
-
-def hadamard_blocks(cell):
-    return sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
-
-
 @pytest.mark.parametrize("spec,variant,mode", CASES)
 def test_runtime_products_equal_gating_plus_hadamard(spec, variant, mode):
     cell = make(spec, variant, mode)
     x = torch.randn(2, CIN, *SIZE)
     state = cell.init_state(x)._make(random_state(spec[1]))
-    with CountProducts() as counter:
-        cell(x, state)
+    counter = count_ops(cell, x, state)
     per_map = 2 * C * SIZE[0] * SIZE[1]
     peep = 3 if spec[2].get("peephole") else 0
-    assert counter.elements == (cell.gating_products + hadamard_blocks(cell) + peep) * per_map
+    assert counter.products == (cell.gating_products + hadamard_blocks(cell) + peep) * per_map
 
 
 def analytic_cost(cell, hw=(16, 16)):

@@ -4,26 +4,18 @@ the reference), warping, gradients, training, costs and errors."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn import create_cell, create_model
 from convrnn.cells.motionrnn import MotionGRU, neighbourhood_warp, warp
-from convrnn.layers import RecurrentOp
+from convrnn.cost import count_ops
 from convrnn.registry import cell_entry
+import helpers
+from helpers import Count, hadamard_blocks, in_blocks, rec_blocks, train_losses
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 sig, tanh = torch.sigmoid, torch.tanh
 C, SIZE = 4, (6, 8)
 VARIANTS = [("conv", "position"), ("indconv", "position"), ("indconv", "channel"), ("ind", "channel")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these maps are tiny, and on a loaded 2-core machine two threads make
-    each convolution ~50x slower (measured); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(name="mim", variant="conv", mode="position", cin=C, size=SIZE, **kw):
@@ -31,33 +23,7 @@ def make(name="mim", variant="conv", mode="position", cin=C, size=SIZE, **kw):
 
 
 def randomize(module):
-    """Signed random weights everywhere, so no block hides behind its initialisation (zero
-    offsets, positive Hadamard weights, forget biases)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.4)
-    return module
-
-
-def conv_blocks(conv, x, n):
-    """W_b * x + b_b for each of the n blocks of a fused convolution (no bias: recurrent terms)."""
-    w, c = conv.weight, conv.weight.shape[0] // n
-    return [F.conv2d(x, w[i * c:(i + 1) * c], None if conv.bias is None else conv.bias[i * c:(i + 1) * c],
-                     padding=w.shape[-1] // 2) for i in range(n)]
-
-
-def rec_blocks(op, h):
-    """U_b ∘ h for each block of a RecurrentOp in block order (conv slices, Hadamard rows)."""
-    out, ci, hi = [], 0, 0
-    for kind in op.kinds:
-        if kind == "conv":
-            w = op.conv.weight[ci * C:(ci + 1) * C]
-            out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
-            ci += 1
-        else:
-            out.append(op.weight[hi] * h)
-            hi += 1
-    return out
+    return helpers.randomize(module, 0.4)
 
 
 def states(batch=2, cin=C):
@@ -68,7 +34,7 @@ def states(batch=2, cin=C):
 def ref_mim_n(cell, delta, n):
     """MIM-N, paper eq.: i, f, g from W * δ + U ∘ N_{t-1}; N_t = f ⊙ N + i ⊙ g;
     D = σ(W_o * δ + U_o ∘ N_t) ⊙ tanh(N_t)."""
-    wi, wf, wg, wo = conv_blocks(cell.n_wx, delta, 4)
+    wi, wf, wg, wo = in_blocks(cell.n_wx, delta, 4)
     ui, uf, ug = rec_blocks(cell.n_un, n)
     n = sig(wf + uf) * n + sig(wi + ui) * tanh(wg + ug)
     (uo,) = rec_blocks(cell.n_uo, n)
@@ -78,7 +44,7 @@ def ref_mim_n(cell, delta, n):
 def ref_mim_s(cell, d, c, s):
     """MIM-S, paper eq.: i, f, o, g from W * D + U ∘ C_{t-1}; S_t = f ⊙ S + i ⊙ g;
     T = σ(o + V ∘ S_t) ⊙ tanh(S_t)."""
-    wi, wf, wo, wg = conv_blocks(cell.s_wd, d, 4)
+    wi, wf, wo, wg = in_blocks(cell.s_wd, d, 4)
     ui, uf, uo, ug = rec_blocks(cell.s_uc, c)
     s = sig(wf + uf) * s + sig(wi + ui) * tanh(wg + ug)
     (vo,) = rec_blocks(cell.s_uo, s)
@@ -89,7 +55,7 @@ def ref_mim(cell, x, state, memory):
     h, c, _, n, s, x_prev = state
     d, n = ref_mim_n(cell, x - x_prev, n)
     t, s = ref_mim_s(cell, d, c, s)
-    xi, xo, xg, xi2, xf2, xg2 = conv_blocks(cell.wx, x, 6)
+    xi, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 6)
     ui, uo, ug = rec_blocks(cell.uh, h)
     vi, vf, vg = rec_blocks(cell.um, memory)
     c = t + sig(xi + ui) * tanh(xg + ug)
@@ -211,7 +177,7 @@ def test_motionrnn_step_is_motiongru_then_mim_block_plus_highway():
     xm, f_ref, d_ref = cell.motion(x, f, d)
     # the MIM block runs on X = MotionGRU(x); MIM-N differences the raw input x
     h_blk, (_, c, m, n, s, _) = ref_mim(cell, xm, mim_state[:5] + [mim_state[5] - x + xm], memory)
-    _, xo, *_ = conv_blocks(cell.wx, xm, 6)
+    _, xo, *_ = in_blocks(cell.wx, xm, 6)
     o = sig(xo + rec_blocks(cell.uh, mim_state[0])[1] + rec_blocks(cell.vc, c)[0] + rec_blocks(cell.vm, m)[0])
     torch.testing.assert_close(h, h_blk + (1 - o) * x)  # Motion Highway
     for got, want in zip(new[1:], (c, m, n, s, x, f_ref, d_ref), strict=True):
@@ -271,16 +237,8 @@ def test_models_train(name, scales):
     frames = moving_squares()
     targets = frames[:, 1:]
     constant = (targets - targets.mean()).square().mean().item()  # best constant prediction
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     tf = torch.ones(2, 5, dtype=torch.bool)
-    losses = []
-    for _ in range(30):
-        p = model(frames, tf)
-        loss = F.mse_loss(p.outputs, p.targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, frames, tf, lr=3e-3)
     # measured: 0.06-0.07 -> 0.005-0.012 (the constant prediction scores 0.059)
     assert losses[-1] < 0.5 * losses[0] and losses[-1] < 0.4 * constant, losses
 
@@ -304,36 +262,11 @@ def test_all_mim_stack_without_predrnn():
 
 
 # -- costs ---------------------------------------------------------------------------------------
-class Count(TorchDispatchMode):
-    """Elements of every aten.mul of two non-scalar tensors, and convolution MACs."""
-
-    def __init__(self):
-        super().__init__()
-        self.products = 0
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.mul and all(
-                isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[:2]):
-            self.products += out.numel()
-        if func.overloadpacket is torch.ops.aten.convolution:
-            x, w, transposed = args[0], args[1], args[6]
-            per = x[0, 0].numel() if transposed else out[0, 0].numel()  # input / output pixels
-            self.macs += w.numel() * per * x.shape[0]
-        return out
-
-
-def hadamard_blocks(cell):
-    return sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
-
-
 @pytest.mark.parametrize("variant,mode", VARIANTS)
 def test_mim_runtime_products_equal_declared(variant, mode):
     cell = make(variant=variant, mode=mode)
     x = torch.randn(2, C, *SIZE)
-    with Count() as n:
-        cell(x, cell.init_state(x)._make(states()), memory=torch.randn(2, C, *SIZE))
+    n = count_ops(cell, x, cell.init_state(x)._make(states()), memory=torch.randn(2, C, *SIZE))
     assert cell.gating_products == 10
     assert n.products == (cell.gating_products + hadamard_blocks(cell)) * 2 * C * SIZE[0] * SIZE[1]
 
@@ -355,8 +288,8 @@ def test_motionrnn_analytic_cost_matches_runtime(variant, mode):
     assert n.products - small == (13 + hadamard_blocks(cell)) * C * 64
 
 
-def test_cost_module_uses_analytic_cost_if_present():
-    """convrnn.cost (written elsewhere) must use a cell's own analytic_cost for MotionRNN (its
+def test_cell_cost_uses_the_analytic_count():
+    """convrnn.cost.cell_cost must use a cell's own analytic_cost for MotionRNN (its
     grid_sample hides multiplications from a walker) and count MIM's parameters exactly."""
     from convrnn.cost import cell_cost
     motion = make("motionrnn", size=(8, 8))

@@ -1,18 +1,17 @@
 """PrecipLSTM (Ma et al. 2022): the local attention against a naive per-pixel loop, the
 temporal-difference memory and a whole step against hand computations (F.conv2d with the module's
 own weights), zig-zag memory, costs, gradients, training, Hadamard variants and errors."""
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn import create_cell, create_model
+from convrnn.cost import cell_cost
 from convrnn.cells.preciplstm import local_attention
-from convrnn.layers import RecurrentOp
-from convrnn.registry import model_from_config
+
+from helpers import Count, hadamard_blocks, in_blocks, moving_square, rec_blocks, train_losses
+from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import randomize as _randomize
 
 sig, tanh = torch.sigmoid, torch.tanh
 CIN, C, SIZE, K = 3, 4, (6, 8), 3   # K: attention window in the unit tests
@@ -20,25 +19,13 @@ VARIANTS = [("conv", "position"), ("indconv", "position"), ("indconv", "channel"
             ("ind", "channel")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny maps: one intra-op thread is faster on the small shared CPU; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def randomize(module):
+    return _randomize(module, 0.4)
 
 
 def make(variant="conv", mode="position", size=SIZE, cin=CIN, **kw):
     kw = {"neighbourhood": K, **kw}
     return create_cell("preciplstm", in_channels=cin, channels=C, recurrent=variant, hadamard=mode, size=size, **kw)
-
-
-def randomize(module):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.4)
-    return module
 
 
 # -- the local attention ---------------------------------------------------------------------------
@@ -77,24 +64,6 @@ def test_window_one_is_the_identity_on_v():
 # -- one step by hand ------------------------------------------------------------------------------
 def conv(x, w, b=None):
     return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
-
-
-def in_blocks(cv, x, n):
-    c = cv.weight.shape[0] // n
-    return [conv(x, cv.weight[i * c:(i + 1) * c], cv.bias[i * c:(i + 1) * c]) for i in range(n)]
-
-
-def rec_blocks(op, h):
-    """U_b ∘ h per block of a RecurrentOp (conv slices, Hadamard rows) in block order."""
-    out, ci, hi = [], 0, 0
-    for kind in op.kinds:
-        if kind == "conv":
-            out.append(conv(h, op.conv.weight[ci * C:(ci + 1) * C]))
-            ci += 1
-        else:
-            out.append(op.weight[hi] * h)
-            hi += 1
-    return out
 
 
 def ref_step(cell, x, h, c, m, ms, mt, x_prev):
@@ -185,28 +154,6 @@ def test_defaults():
 
 
 # -- costs -----------------------------------------------------------------------------------------
-class Count(TorchDispatchMode):
-    """Elements of every aten.mul of two non-scalar tensors, and convolution MACs."""
-
-    def __init__(self):
-        super().__init__()
-        self.products = 0
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.mul and all(
-                isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[:2]):
-            self.products += out.numel()
-        if func.overloadpacket is torch.ops.aten.convolution:
-            self.macs += args[1].numel() * out[0, 0].numel() * out.shape[0]
-        return out
-
-
-def hadamard_blocks(cell):
-    return sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
-
-
 @pytest.mark.parametrize("variant,mode", VARIANTS)
 def test_analytic_cost_matches_runtime_count(variant, mode):
     cell = randomize(make(variant, mode, neighbourhood=5))
@@ -221,13 +168,11 @@ def test_analytic_cost_matches_runtime_count(variant, mode):
                     "macs": n.macs}
 
 
-def test_cost_module_agrees_if_present():
-    import convrnn.cost as cost
-    fn = getattr(cost, "cell_cost", None)
-    if fn is None:
-        pytest.skip("convrnn.cost has no cell_cost entry point")
+def test_cell_cost_uses_the_analytic_count_and_measures_the_same():
+    """convrnn.cost.cell_cost reports the cell's analytic count, and its dispatch-mode count
+    (every product, the local attention's included) agrees."""
     cell = make("indconv")
-    got = fn(cell, *SIZE)
+    got = cell_cost(cell, *SIZE)
     want = cell.analytic_cost(*SIZE)
     assert {k: got[k] for k in want} == want
     assert got["mults_measured"] == want["mults"]
@@ -244,18 +189,6 @@ def test_gradients_reach_every_parameter():
     assert not missing
 
 
-def moving_square(batch=2, steps=6, size=16):
-    frames = torch.zeros(batch, steps, 1, size, size)
-    for b in range(batch):
-        y, x, dy, dx = 2 + 3 * b, 1 + 2 * b, 1, 2
-        for t in range(steps):
-            frames[b, t, :, y:y + 4, x:x + 4] = 1.0
-            dy = -dy if not 0 <= y + dy <= size - 4 else dy
-            dx = -dx if not 0 <= x + dx <= size - 4 else dx
-            y, x = y + dy, x + dx
-    return frames
-
-
 TINY = {"channels": 8, "frame_size": (16, 16), "in_len": 4, "out_len": 2, "embed": "conv1x1",
         "cell_kw": {"neighbourhood": 3}}
 
@@ -267,16 +200,7 @@ def test_model_trains(name, layers):
     if name == "msrnn":
         assert model.scales == (1, 0.5, 0.5, 1)
     frames = moving_square()
-    teacher = torch.ones(2, 5, dtype=torch.bool)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        pred = model(frames, teacher)
-        loss = F.mse_loss(pred.outputs, pred.targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, frames, torch.ones(2, 5, dtype=torch.bool), lr=1e-2)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -300,24 +224,6 @@ def test_hadamard_variants_run_in_a_pyramid(variant, mode):
     assert pred.future.shape == (1, 2, 1, 16, 16) and torch.isfinite(pred.outputs).all()
     pred.outputs.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
-
-
-# -- configs -------------------------------------------------------------------------------------
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "msrnn"
-
-
-def test_msrnn_configs_build_flat_equals_ms_params():
-    """6 x 64, k3, 1x1 embed/readout at patch 1 (MS-RNN's code: 7.041M = 7,041,217: it biases every convolution, 6 x 1,088 more)."""
-    from convrnn.train import PredictionTask
-    flat, ms = (yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text())["model"] for stem in ("preciplstm", "ms_preciplstm"))
-    a, b = model_from_config(flat["net"]), model_from_config(ms["net"])
-    n = sum(p.numel() for p in a.parameters())
-    assert n == sum(p.numel() for p in b.parameters()) == 7_034_689
-    assert not a.multiscale and b.scales == (1, 0.5, 0.25, 0.25, 0.5, 1)
-    assert flat["loss"] == "l1+l2" and flat["lr"] == 3.0e-4 and flat["schedule"]["name"] == "linear"
-    assert flat["net"]["embed"] == "conv1x1" and flat["net"]["patch"] == 1
-    task = PredictionTask(**ms)
-    assert sum(p.numel() for p in task.net.parameters()) == 7_034_689
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -3,40 +3,27 @@
 Reference steps are written from the papers' equations with F.conv2d and the module's own weights,
 block by block; they never call the module's forward.
 """
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from convrnn import create_cell, create_model, model_from_config
+from convrnn import create_cell, create_model
+from convrnn.cost import count_ops
 from convrnn.layers import RecurrentOp
+from helpers import (hadamard_blocks, in_blocks, moving_square, randomize, rec_blocks,
+                     train_losses)
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 sig, tanh = torch.sigmoid, torch.tanh
 CIN, C, SIZE = 2, 3, (6, 7)  # non-square on purpose
 VARIANTS = [("conv", "position"), ("indconv", "position"), ("indconv", "channel"), ("ind", "position"),
             ("ind", "channel")]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is as fast, and immune to stalls when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(name, variant="conv", mode="position", **kw):
     cell = create_cell(name, in_channels=CIN, channels=C, recurrent=variant, hadamard=mode, size=SIZE, **kw)
-    with torch.no_grad():  # signed random weights: no block hides behind its initialisation
-        for p in cell.parameters():
-            p.normal_(0.0, 0.5)
-    return cell
+    return randomize(cell)  # signed random weights: no block hides behind its initialisation
 
 
 def rand(*shape):
@@ -44,27 +31,6 @@ def rand(*shape):
 
 
 # -- hand computation helpers ----------------------------------------------------------------
-def in_blocks(conv, x, n):
-    """W_b * x + b_b for the n blocks of a fused input convolution."""
-    c, pad = conv.weight.shape[0] // n, conv.weight.shape[-1] // 2
-    return [F.conv2d(x, conv.weight[i * c:(i + 1) * c], conv.bias[i * c:(i + 1) * c], padding=pad)
-            for i in range(n)]
-
-
-def rec_blocks(op, h):
-    """U_b ∘ h for each block of a RecurrentOp in block order (conv slices, Hadamard rows)."""
-    out, ci, hi, c = [], 0, 0, op.channels
-    for kind in op.kinds:
-        if kind == "conv":
-            w = op.conv.weight[ci * c:(ci + 1) * c]
-            out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
-            ci += 1
-        else:
-            out.append(op.weight[hi] * h)
-            hi += 1
-    return out
-
-
 def conv1x1(conv, x):
     return F.conv2d(x, conv.weight, conv.bias)
 
@@ -298,21 +264,6 @@ def test_memory_zigzags_from_layer_one_into_layer_two(name):
     assert not torch.allclose(*h2)
 
 
-def moving_square(batch=2, steps=6, size=16, channels=1):
-    """Moving-MNIST-like data: a bright 4x4 square bouncing across a dark frame."""
-    frames = torch.zeros(batch, steps, channels, size, size)
-    for b in range(batch):
-        y, x, dy, dx = 2 + 3 * b, 1 + 2 * b, 1, 2
-        for t in range(steps):
-            frames[b, t, :, y:y + 4, x:x + 4] = 1.0
-            if not 0 <= y + dy <= size - 4:
-                dy = -dy
-            if not 0 <= x + dx <= size - 4:
-                dx = -dx
-            y, x = y + dy, x + dx
-    return frames
-
-
 @pytest.mark.parametrize("scales", SCALES)
 @pytest.mark.parametrize("name", NETS)
 def test_every_model_trains(name, scales):
@@ -320,14 +271,7 @@ def test_every_model_trains(name, scales):
     model = tiny(name, layers=2 if scales is None else 3, scales=scales, channels=8)
     frames = moving_square()
     teacher = torch.ones(2, 5, dtype=torch.bool)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = total_loss(model(frames, teacher))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, frames, teacher, lr=1e-2, loss_fn=total_loss)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -335,7 +279,7 @@ def test_every_model_trains(name, scales):
 @pytest.mark.parametrize("name", NETS)
 def test_hadamard_variants_run_in_the_ms_pyramid(name, variant, mode):
     model = tiny(name, layers=3, scales=(1, 0.5, 1), cell_kw={"recurrent": variant, "hadamard": mode})
-    n_had = sum(m.n_hadamard for m in model.modules() if isinstance(m, RecurrentOp))
+    n_had = hadamard_blocks(model)
     assert n_had > 0 and all(c.recurrent == variant for c in model.cells)
     pred = model(torch.rand(1, 6, 1, 16, 16))
     assert pred.future.shape == (1, 2, 1, 16, 16) and torch.isfinite(pred.outputs).all()
@@ -353,21 +297,6 @@ def test_hadamard_blocks_are_the_gates():
 
 
 # -- costs -----------------------------------------------------------------------------------
-class CountProducts(TorchDispatchMode):
-    """Elements produced by aten.mul between two non-scalar tensors."""
-
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.mul and all(
-                isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[:2]):
-            self.elements += out.numel()
-        return out
-
-
 CELL_SPECS = [("predrnn", {}), ("predrnnv2", {}), ("predrnnpp", {}), ("predrnnpp", {"o_from_h": True}),
               ("predrnnpp", {"highway": True})]
 
@@ -377,10 +306,9 @@ CELL_SPECS = [("predrnn", {}), ("predrnnv2", {}), ("predrnnpp", {}), ("predrnnpp
 def test_runtime_products_equal_gating_products_plus_hadamard(name, kw, variant, mode):
     cell = make(name, variant, mode, **kw)
     x = rand(2, CIN, *SIZE)
-    with CountProducts() as counter:
-        cell(x, cell.init_state(x), memory=rand(2, C, *SIZE))
-    n_had = sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
-    assert counter.elements == (cell.gating_products + n_had) * 2 * C * SIZE[0] * SIZE[1]
+    counter = count_ops(cell, x, cell.init_state(x), memory=rand(2, C, *SIZE))
+    n_had = hadamard_blocks(cell)
+    assert counter.products == (cell.gating_products + n_had) * 2 * C * SIZE[0] * SIZE[1]
 
 
 @pytest.mark.parametrize("name,kw", CELL_SPECS)
@@ -392,33 +320,5 @@ def test_analytic_cost_equals_measured(name, kw, variant):
     assert got["mults"] == got["mults_measured"]
     hw = SIZE[0] * SIZE[1]
     convs = sum(m.weight.numel() * hw for m in cell.modules() if isinstance(m, nn.Conv2d))
-    n_had = sum(m.n_hadamard for m in cell.modules() if isinstance(m, RecurrentOp))
+    n_had = hadamard_blocks(cell)
     assert got["mults"] == convs + (cell.gating_products + n_had) * C * hw
-
-
-# -- configs ---------------------------------------------------------------------------------
-def params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-# 6 x 64, k3, 1x1 embed/readout at patch 1, 64x64 (reference/msrnn.md §2 reports 3.595M, 5.609M,
-# 3.599M for the MS-RNN code; the differences are explained in the configs' comments).
-MSRNN_PARAMS = {"predrnn": 3_591_361, "predrnnpp": 4_869_825, "predrnnv2": 3_595_457}
-
-
-@pytest.mark.parametrize("name", sorted(MSRNN_PARAMS))
-def test_msrnn_configs_build_with_expected_params_flat_equals_ms(name):
-    flat = yaml.safe_load((CONFIGS / "msrnn" / f"{name}.yaml").read_text())["model"]["net"]
-    ms = yaml.safe_load((CONFIGS / "msrnn" / f"ms_{name}.yaml").read_text())["model"]["net"]
-    a, b = model_from_config(flat), model_from_config(ms)
-    assert params(a) == params(b) == MSRNN_PARAMS[name]
-    assert not a.multiscale and b.scales == (1, 0.5, 0.25, 0.25, 0.5, 1)
-
-
-def test_configs_schedules():
-    for name in ("predrnnv2", "ms_predrnnv2"):
-        assert yaml.safe_load((CONFIGS / "msrnn" / f"{name}.yaml").read_text())["model"]["schedule"]["name"] == "reverse"
-    for name in ("predrnn", "ms_predrnn", "predrnnpp", "ms_predrnnpp"):
-        assert yaml.safe_load((CONFIGS / "msrnn" / f"{name}.yaml").read_text())["model"]["schedule"]["name"] == "linear"
-    v2 = yaml.safe_load((CONFIGS / "openstl" / "predrnnv2.yaml").read_text())["model"]
-    assert v2["schedule"] == {"name": "reverse", "step1": 25000, "step2": 50000, "alpha": 5000}

@@ -126,3 +126,8 @@ def test_skip_channel_mismatch_error():
     with pytest.raises(ValueError, match="needs equal channel counts"):
         create_model("msrnn", cell="convlstm", layers=4, channels=[4, 4, 6, 4], frame_size=(16, 16),
                      skip="dense")
+
+
+def test_pyramid_must_end_at_full_scale():
+    with pytest.raises(ValueError, match="must be at scale 1"):
+        create_model("stack", cell="convlstm", layers=2, channels=4, frame_size=(16, 16), scales=(1, 0.5))

@@ -149,6 +149,9 @@ class RecurrentStack(Predictor):
         scales = tuple(float(_fraction(s)) for s in (scales or (1,) * layers))
         if len(scales) != layers:
             raise ValueError(f"scales has {len(scales)} entries for {layers} layers")
+        if scales[-1] != 1:
+            raise ValueError(f"the last layer feeds the readout and must be at scale 1, got scales={list(scales)}; "
+                             "end the pyramid at full scale, e.g. (1, 0.5, 0.5, 1)")
         self.scales = scales
         self.multiscale = any(s != 1 for s in scales)
         h, w = self.frame_size

@@ -1,0 +1,67 @@
+"""The MS-RNN protocol configs (configs/msrnn/): every cell flat and multi-scale builds with the
+expected parameter count, the same count in both, the protocol's optimiser, loss and schedule, and the
+pyramid saves 53-62% of the MACs (reference/msrnn.md §4: ratio ~0.44).  The OpenSTL configs
+(configs/openstl/): 4 x 128, k5, patch 4, batch 16, one-cycle Adam 5e-4, 200 epochs."""
+import pytest
+
+from convrnn.cost import model_cost
+from convrnn.registry import model_from_config
+
+from helpers import load_config
+from helpers import one_thread  # noqa: F401  (autouse fixture)
+
+# 6 x 64, k3, 1x1 embed/readout at patch 1.  The MS-RNN code reports 1.773M, 1.916M, 3.595M,
+# 5.609M, 7.361M, 7.561M, 3.599M and 7.041M; each config's comment explains the difference (biased
+# recurrent convolutions, modules the reference builds but never calls).
+PARAMS = {"convlstm": 1_771_201, "trajgru": 1_914_169, "predrnn": 3_591_361, "predrnnpp": 4_869_825,
+          "mim": 6_358_401, "motionrnn": 6_956_696, "predrnnv2": 3_595_457, "preciplstm": 7_034_689}
+
+
+def params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_flat_and_multiscale_configs(name):
+    from convrnn.train import PredictionTask
+    flat, ms = (load_config("msrnn", stem)["model"] for stem in (name, f"ms_{name}"))
+    a, b = model_from_config(flat["net"]), model_from_config(ms["net"])
+    assert params(a) == params(b) == PARAMS[name]
+    assert not a.multiscale and b.scales == (1, 0.5, 0.25, 0.25, 0.5, 1)
+    for cfg in (flat, ms):
+        assert cfg["loss"] == "l1+l2" and cfg["lr"] == 3.0e-4 and cfg["optimizer"] == "adam"
+        assert cfg["net"]["embed"] == "conv1x1" and cfg["net"]["patch"] == 1
+        assert cfg["net"]["frame_size"] == [64, 64] and (cfg["net"]["in_len"], cfg["net"]["out_len"]) == (10, 10)
+        assert cfg["schedule"]["name"] == ("reverse" if name == "predrnnv2" else "linear")
+    assert params(PredictionTask(**ms).net) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_multiscale_macs_ratio(name):
+    """MACs scale with H x W, so 16x16 frames and 2 + 1 frames give the 64x64 ratio of the configs
+    (up to the pooling and resampling, which have no MACs) at a unit-test cost."""
+    small = {"frame_size": [16, 16], "in_len": 2, "out_len": 1}
+    flat, ms = ({**load_config("msrnn", stem)["model"]["net"], **small} for stem in (name, f"ms_{name}"))
+    a, b = (model_cost(model_from_config(cfg)) for cfg in (flat, ms))
+    assert a["params"] == b["params"]
+    assert 0.38 <= b["macs"] / a["macs"] <= 0.47, b["macs"] / a["macs"]
+    assert b["activation_bytes"] < 0.6 * a["activation_bytes"]
+
+
+# OpenSTL reports 15.0M, 23.8M, 38.6M, 23.9M and 38.0M: the configs' comments explain the differences.
+OPENSTL_PARAMS = {"convlstm_s": 11_677_696, "predrnn": 23_842_816, "predrnnpp": 35_377_920,
+                  "predrnnv2": 23_859_200, "mim": 42_277_504}
+
+
+@pytest.mark.parametrize("name", sorted(OPENSTL_PARAMS))
+def test_openstl_configs(name):
+    cfg = load_config("openstl", name)
+    model, net = cfg["model"], cfg["model"]["net"]
+    assert params(model_from_config(net)) == OPENSTL_PARAMS[name]
+    assert (net["layers"], net["channels"], net["kernel"], net["patch"], net["embed"]) == (4, 128, 5, 4, "patch")
+    assert (model["optimizer"], model["lr"], model["scheduler"]) == ("adam", 5.0e-4, "onecycle")
+    assert (cfg["data"]["init_args"]["batch_size"], cfg["trainer"]["max_epochs"]) == (16, 200)
+    if name == "predrnnv2":
+        assert model["schedule"] == {"name": "reverse", "step1": 25000, "step2": 50000, "alpha": 5000}
+    else:
+        assert model["schedule"] == {"name": "linear", "iterations": 50000}
