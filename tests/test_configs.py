@@ -1,6 +1,6 @@
 """The MS-RNN protocol configs (configs/msrnn/): every cell flat and multi-scale builds with the
 expected parameter count, the same count in both, the protocol's optimiser, loss and schedule, and the
-pyramid saves 53-62% of the MACs (reference/msrnn.md §4: ratio ~0.44).  The OpenSTL configs
+pyramid's MACs ratio (reference/msrnn.md §2: 0.4375 for equal layers).  The OpenSTL configs
 (configs/openstl/): 4 x 128, k5, patch 4, batch 16, one-cycle Adam 5e-4, 200 epochs."""
 import pytest
 
@@ -36,16 +36,38 @@ def test_flat_and_multiscale_configs(name):
     assert params(PredictionTask(**ms).net) == PARAMS[name]
 
 
+# MACs MS / flat.  Six equal layers: (2.625 R + E) / (6 R + E), R one layer's MACs at full scale,
+# E the 1x1 embedding and readout (full scale in both): just above 2.625 / 6 = 0.4375.  PredRNN++'s
+# gradient highway sits after layer 1 at full scale (higher); MIM and MotionRNN follow their papers
+# with a cheaper ST-LSTM as layer 1, which stays at full scale while the costlier blocks shrink
+# (lower).  The MS-RNN code runs a full MIM cell in every layer, hence its 0.43-0.44 for them too
+# (test_all_mim_stack_has_the_equal_layer_ratio).
+RATIO = {"predrnnpp": (0.45, 0.46), "mim": (0.38, 0.40), "motionrnn": (0.38, 0.40)}
+
+
+def _ratio(flat: dict, ms: dict) -> tuple[float, float]:
+    a, b = (model_cost(model_from_config(cfg)) for cfg in (flat, ms))
+    assert a["params"] == b["params"]
+    return b["macs"] / a["macs"], b["activation_bytes"] / a["activation_bytes"]
+
+
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_multiscale_macs_ratio(name):
     """MACs scale with H x W, so 16x16 frames and 2 + 1 frames give the 64x64 ratio of the configs
     (up to the pooling and resampling, which have no MACs) at a unit-test cost."""
     small = {"frame_size": [16, 16], "in_len": 2, "out_len": 1}
     flat, ms = ({**load_config("msrnn", stem)["model"]["net"], **small} for stem in (name, f"ms_{name}"))
-    a, b = (model_cost(model_from_config(cfg)) for cfg in (flat, ms))
-    assert a["params"] == b["params"]
-    assert 0.38 <= b["macs"] / a["macs"] <= 0.47, b["macs"] / a["macs"]
-    assert b["activation_bytes"] < 0.6 * a["activation_bytes"]
+    macs, memory = _ratio(flat, ms)
+    low, high = RATIO.get(name, (0.4375, 0.44))
+    assert low <= macs <= high, macs
+    assert memory < 0.6, memory
+
+
+def test_all_mim_stack_has_the_equal_layer_ratio():
+    net = {**load_config("msrnn", "mim")["model"]["net"], "frame_size": [16, 16], "in_len": 2, "out_len": 1,
+           "name": "stack", "cell": "mim"}
+    macs, _ = _ratio(net, {**net, "scales": [1, 0.5, 0.25, 0.25, 0.5, 1]})
+    assert 0.4375 <= macs <= 0.44, macs
 
 
 # OpenSTL reports 15.0M, 23.8M, 38.6M, 23.9M and 38.0M: the configs' comments explain the differences.

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from convrnn.models.base import Prediction
 from convrnn.schedules import SCHEDULES
-from convrnn.train import NonFiniteLossError, PredictionTask, cli_main, frame_loss
+from convrnn.train import AtomicCheckpointIO, NonFiniteLossError, PredictionTask, cli_main, frame_loss
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
               pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")]
@@ -244,6 +250,12 @@ def test_fit_leaves_a_complete_run_directory(fitted):
     for name in ("config.yaml", "metrics.csv", "metrics_per_frame.png"):
         assert (run / name).stat().st_size > 0, name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    gifs = sorted((run / "examples").glob("example_*.gif"))
+    assert [g.name for g in gifs] == [f"example_{i:03d}.gif" for i in range(4)]
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == 6        # in_len + out_len: input | truth | prediction panels
+    assert all((run / "examples" / f"example_{i:03d}.png").stat().st_size > 0 for i in range(4))
+    assert not list(run.glob(".*.tmp"))  # metrics.json is renamed into place
     m = json.loads((run / "metrics.json").read_text())
     assert m["checkpoint"] == str(best[0]) and m["ssim_convention"] == "standard"
     assert m["config"]["model"]["net"]["channels"] == 8 and m["num_sequences"] == 8
@@ -255,6 +267,8 @@ def test_fit_leaves_a_complete_run_directory(fitted):
     test = squares(8, 2000)
     base = ((test[:, 2:3] - test[:, 3:]) ** 2).sum((2, 3, 4)).mean(0)
     np.testing.assert_allclose(m["baseline_mse_per_frame"], base.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(m["blank_mse_per_frame"], (test[:, 3:] ** 2).sum((2, 3, 4)).mean(0).numpy(), rtol=1e-5)
+    assert m["blank_psnr"] == pytest.approx(np.mean(m["blank_psnr_per_frame"]), rel=1e-5)
     rows = _train_rows(run)
     assert len(rows) == 4 and all(np.isfinite(float(r["train/loss"])) for r in rows)
     assert [float(r["train/ss_prob"]) for r in rows] == [1.0, 0.75, 0.5, 0.25]
@@ -283,6 +297,52 @@ def test_resume_continues_from_the_saved_global_step_in_a_new_run(tmp_path):
     assert second != first and last.stat().st_mtime_ns == stamp    # the first run is not overwritten
     assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 7
     assert len(_train_rows(second)) == 2                             # steps 5 and 6 only
+
+
+def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    """A real kill (SIGKILL of a `convrnn fit` process at an arbitrary moment after its first
+    checkpoint): last.ckpt is whole, and `--ckpt_path last` continues from its global step."""
+    cfg, root = _config(tmp_path, "killed"), tmp_path / "runs"
+    code = "import sys; from convrnn.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, "fit", "--config", str(cfg), "--run_dir", str(root),
+                             "--trainer.max_steps", "100000", "--checkpoint_every", "3"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob("killed/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.3)                       # let it train (and maybe checkpoint) a little more
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    (first,) = root.glob("killed/*")
+    assert not list(first.rglob("*.tmp"))
+    step = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step >= 3
+    second = _run("fit", cfg, root, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last")
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
+    assert len(_train_rows(second)) == 2
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_dies(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "ck" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    assert torch.load(path)["global_step"] == 1
+
+    def dies(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["global_step"] == 1 and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_ckpt_path_last_without_a_run_names_the_fix(tmp_path):

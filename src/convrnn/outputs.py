@@ -1,9 +1,12 @@
 """What a run leaves on disk besides checkpoints and logs.
 
 - ``metrics.json`` (after ``test``): the model's scalars and per-lead-time lists, the same for the
-  copy-last-frame baseline (``baseline_*``), the SSIM convention, the checkpoint and the config.
+  copy-last-frame baseline (``baseline_*``) and for an all-black frame (``blank_*``: on Moving MNIST a
+  blank frame already beats copy-last), the SSIM convention, the checkpoint and the config.
 - ``metrics_per_frame.png`` (after ``test``): MSE and SSIM against the predicted frame index,
   model vs baseline (the literature's standard figure).
+- ``examples/`` (after ``test``): an animated GIF and a PNG strip of input | truth | prediction for the
+  first few test sequences (see :func:`write_examples`).
 - ``predictions/`` (after ``predict``): ``predictions.npy`` (N, out_len, C, H, W) float32, with
   ``inputs.npy`` and ``targets.npy`` beside it, and for the first few sequences an animated GIF
   and a PNG strip of input | truth | prediction.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +42,35 @@ def _plain(value: Any) -> Any:
 
 def metrics_record(model: dict, baseline: dict, convention: str, checkpoint: str | None,
                    config: dict | None, num_sequences: int | None = None,
-                   convention_text: str | None = None) -> dict:
+                   convention_text: str | None = None, blank: dict | None = None) -> dict:
     """Flatten the model's and the baseline's ``PredictionMetrics.compute()`` results into one dict:
     ``mse``, ``mse_per_frame``, ..., ``baseline_mse``, ``baseline_mse_per_frame``, ...
-    ``convention`` is the SSIM convention's name, ``convention_text`` the metrics' full description."""
+    ``convention`` is the SSIM convention's name, ``convention_text`` the metrics' full description;
+    ``blank``, when given, the scores of an all-zero prediction (``blank_mse``, ...)."""
     record: dict[str, Any] = {"ssim_convention": convention, "conventions": convention_text,
                               "checkpoint": checkpoint, "num_sequences": num_sequences}
     for key, value in model.items():
         record[key] = _plain(value)
     for key, value in baseline.items():
         record[f"baseline_{key}"] = _plain(value)
+    for key, value in (blank or {}).items():
+        record[f"blank_{key}"] = _plain(value)
     record["config"] = config
     return record
 
 
 def write_metrics(run_dir: str | Path, record: dict) -> Path:
+    """``run_dir/metrics.json``, written atomically (a temporary file renamed over it)."""
     path = Path(run_dir) / "metrics.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
     return path
 
 
 def plot_per_frame(run_dir: str | Path, record: dict) -> Path:
-    """Per-lead-time curves of MSE and SSIM, model vs copy-last-frame baseline (PNG)."""
+    """Per-lead-time curves of MSE and SSIM, model vs the copy-last-frame baseline (and the blank
+    frame when the record has it) (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,7 +78,8 @@ def plot_per_frame(run_dir: str | Path, record: dict) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, name in zip(axes, ("mse", "ssim")):
-        for prefix, label, style in (("", "model", "-o"), ("baseline_", "copy last frame", "--s")):
+        for prefix, label, style in (("", "model", "-o"), ("baseline_", "copy last frame", "--s"),
+                                     ("blank_", "blank frame", ":^")):
             values = record.get(f"{prefix}{name}_per_frame")
             if values:
                 ax.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], style,
@@ -153,8 +165,8 @@ def write_examples(out_dir: str | Path, inputs: np.ndarray, targets: np.ndarray 
 
 
 class RunOutputs(Callback):
-    """Writes ``metrics.json`` + the per-lead-time plot after ``test`` and the predictions + example
-    GIF/PNG after ``predict``, into ``run_dir`` (global rank 0; with several predict processes each
+    """Writes ``metrics.json``, the per-lead-time plot and example GIF/PNGs of the first test
+    sequences after ``test``, and the predictions + example GIF/PNGs after ``predict``, into ``run_dir`` (global rank 0; with several predict processes each
     rank writes its own ``predictions_rank<r>.npy``).
 
     Reads ``pl_module.test_results`` (set by :class:`convrnn.train.PredictionTask` at the end of the
@@ -166,16 +178,29 @@ class RunOutputs(Callback):
         self.config = config
         self.examples = examples
         self._predicted: list[dict] = []
+        self._examples: dict | None = None
         self.last_record: dict | None = None
 
     # -- test ------------------------------------------------------------------------------
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._examples = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and isinstance(outputs, dict):
+            self._examples = {k: v[:self.examples].detach().float().cpu().numpy() for k, v in outputs.items()}
+
     def on_test_end(self, trainer, pl_module) -> None:
         results = getattr(pl_module, "test_results", None)
         if not trainer.is_global_zero or results is None:
             return
+        if self._examples is not None and self.examples > 0:
+            out = self.run_dir / "examples"
+            out.mkdir(parents=True, exist_ok=True)
+            write_examples(out, self._examples["inputs"], self._examples["targets"],
+                           self._examples["predictions"], self.examples)
         record = metrics_record(results["model"], results["baseline"], results["convention"],
                                 trainer.ckpt_path, self.config, results.get("num_sequences"),
-                                results.get("convention_text"))
+                                results.get("convention_text"), results.get("blank"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(self.run_dir, record)
         plot_per_frame(self.run_dir, record)

@@ -52,6 +52,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
@@ -150,6 +151,7 @@ class PredictionTask(L.LightningModule):
         self.val_baseline = PredictionMetrics(ssim=ssim)
         self.test_metrics = PredictionMetrics(ssim=ssim)
         self.test_baseline = PredictionMetrics(ssim=ssim)
+        self.test_blank = PredictionMetrics(ssim=ssim)     # the all-zero (black) frame, test only
         self.test_results: dict | None = None
         self._first_bad: Tensor | None = None    # first step with a non-finite loss, -1 = none
         self._test_count = 0
@@ -252,20 +254,27 @@ class PredictionTask(L.LightningModule):
         self.test_results = None
         self._test_count = 0
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        pred, future, base = self._free_run(_frames_of(batch))
+    def test_step(self, batch: Any, batch_idx: int) -> dict | None:
+        frames = _frames_of(batch)
+        pred, future, base = self._free_run(frames)
         self.test_metrics.update(pred, future)
         self.test_baseline.update(base, future)
+        self.test_blank.update(torch.zeros_like(future), future)
         self._test_count += pred.shape[0]
+        if batch_idx == 0:  # the first sequences, for the example GIF/PNGs that RunOutputs writes
+            return {"inputs": frames[:, :self.in_len], "targets": future, "predictions": pred}
+        return None
 
     def on_test_epoch_end(self) -> None:
-        model, baseline = self.test_metrics.compute(), self.test_baseline.compute()
-        self.test_metrics.reset()
-        self.test_baseline.reset()
+        model, baseline, blank = (m.compute() for m in (self.test_metrics, self.test_baseline, self.test_blank))
+        for m in (self.test_metrics, self.test_baseline, self.test_blank):
+            m.reset()
         self.log_dict({f"test/{k}": model[k] for k in SCALARS})
         self.log_dict({f"test/baseline_{k}": baseline[k] for k in SCALARS})
+        self.log_dict({f"test/blank_{k}": blank[k] for k in SCALARS})
         self.test_results = {"model": {k: v.detach().cpu() for k, v in model.items()},
                              "baseline": {k: v.detach().cpu() for k, v in baseline.items()},
+                             "blank": {k: v.detach().cpu() for k, v in blank.items()},
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
                              "num_sequences": self._test_count * self.trainer.world_size}
@@ -331,12 +340,36 @@ def find_checkpoint(root: str | Path, stem: str, which: str) -> Path:
     return found[-1]
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a local checkpoint to a temporary file in its own directory, flushes it to disk and
+    renames it over the target (``os.replace``), so a kill at any moment leaves either the previous
+    checkpoint or the new one under that name, never a truncated file.  (Lightning's default writes
+    into a temporary file under the system temp directory and *moves* it, which is a copy when that
+    is another file system.)  Remote paths (``s3://``...) go to Lightning's implementation."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 class LastCheckpoint(Callback):
     """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_steps`` training steps (0/None: never),
     after each validation during fit, and when fit ends -- also when it stops at ``max_steps`` or
     ``max_time`` in the middle of an epoch -- so ``--ckpt_path last`` resumes from where the run
     stopped. (Lightning's ``ModelCheckpoint(save_last=True)`` skips that final save once it has
-    saved a last checkpoint earlier.) Written with ``trainer.save_checkpoint`` (rank 0 writes)."""
+    saved a last checkpoint earlier.) Written with ``trainer.save_checkpoint`` (rank 0 writes;
+    atomically with :class:`AtomicCheckpointIO`, which the CLI installs)."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None):
         self.path = Path(dirpath) / "last.ckpt"
@@ -375,7 +408,7 @@ class ConvRNNCLI(LightningCLI):
                             help="fit: also write checkpoints/last.ckpt every this many training steps "
                                  "(it is always written after each validation and when fit ends; 0 = only then)")
         parser.add_argument("--examples", type=int, default=4,
-                            help="predict: number of sequences written as GIF + PNG strip")
+                            help="test and predict: number of sequences written as GIF + PNG strip")
 
     # `--ckpt_path last|best` -> the newest run's checkpoint of this config, before Lightning reads it
     def parse_arguments(self, parser, args) -> None:
@@ -410,6 +443,10 @@ class ConvRNNCLI(LightningCLI):
             kwargs["enable_checkpointing"] = False
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(pl, CheckpointIO) for pl in plugins):
+            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
         config = yaml.safe_load(self._parser(sub).dump(cfg, skip_none=False))
         self.outputs = RunOutputs(self.run_dir, config, examples=cfg.examples)
         kwargs["callbacks"] = callbacks + [self.outputs]
