@@ -143,6 +143,18 @@ def test_digit_loading_errors(tmp_path):
         load_mnist_digits("train", source="emnist")
 
 
+def test_uint8_sequences_are_the_float_ones_times_255(train_digits):
+    kw = dict(num_sequences=5, seq_len=6, image_size=40, num_digits=3, seed=3)
+    raw, unit = MovingMNIST(train_digits, dtype="uint8", **kw), MovingMNIST(train_digits, **kw)
+    a, b = raw.batch(range(5)), unit.batch(range(5))
+    assert a.dtype == torch.uint8 and b.dtype == torch.float32 and a.max() > 200
+    torch.testing.assert_close(a.float() / 255, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'float32'.*'uint8'"):
+        MovingMNIST(train_digits, 2, dtype="float16")
+    with pytest.raises(ValueError, match="needs uint8 digits"):
+        MovingMNIST(train_digits.astype(np.float32) / 255, 2, dtype="uint8")
+
+
 def test_seeded_set_is_deterministic(train_digits):
     a, b = MovingMNIST(train_digits, 6, 4, 32, seed=5), MovingMNIST(train_digits, 6, 4, 32, seed=5)
     torch.testing.assert_close(a.batch([0, 3, 5]), b.batch([0, 3, 5]), rtol=0, atol=0)
@@ -219,7 +231,8 @@ def test_datamodule_batches():
     dm = small_module()
     dm.setup("fit")
     train = list(dm.train_dataloader())
-    assert len(train) == 2 and all(b.shape == (2, 4, 1, 32, 32) and b.dtype == torch.float32 for b in train)
+    # uint8 batches (0..255): PredictionTask divides them by 255 on the device
+    assert len(train) == 2 and all(b.shape == (2, 4, 1, 32, 32) and b.dtype == torch.uint8 for b in train)
     assert isinstance(train[0], torch.Tensor)
     assert not torch.equal(torch.cat(train), torch.cat(list(dm.train_dataloader())))  # fresh each epoch
     val = next(iter(dm.val_dataloader()))
@@ -239,7 +252,8 @@ def test_datamodule_with_standard_file(tmp_path):
     dm.setup("test")
     batches = list(dm.test_dataloader())
     assert [b.shape for b in batches] == [(2, 4, 1, 32, 32), (1, 4, 1, 32, 32)]
-    np.testing.assert_allclose(batches[0][1, 2, 0].numpy(), array[2, 1] / 255.0, atol=1e-7)
+    assert batches[0].dtype == torch.uint8
+    np.testing.assert_array_equal(batches[0][1, 2, 0].numpy(), array[2, 1])
     with pytest.raises(ValueError, match="seq_len"):
         small_module(test_file=str(tmp_path / "seq.npy"), seq_len=8).setup("test")
     with pytest.raises(FileNotFoundError, match="toronto"):
@@ -257,11 +271,16 @@ def test_frames_datamodule_formats(tmp_path):
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 6  # two windows of 3 frames per sequence
     batch = next(iter(dm.train_dataloader()))
-    assert batch.shape == (3, 3, 1, 8, 8) and batch.dtype == torch.float32 and batch.max() <= 1
+    assert batch.shape == (3, 3, 1, 8, 8) and batch.dtype == torch.uint8   # uint8 stays uint8 (no scale)
     assert dm.val_dataloader() == []
     npz = FramesDataModule(str(tmp_path / "b.npz"), batch_size=3, layout="TNHW")
     npz.setup("fit")
-    np.testing.assert_allclose(npz.datasets["train"][1][4, 0].numpy(), frames[1, 4] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(npz.datasets["train"][1][4, 0].numpy(), frames[1, 4])
+    scaled = FramesDataModule(str(tmp_path / "b.npz"), batch_size=3, layout="TNHW", scale=255)
+    scaled.setup("fit")
+    item = scaled.datasets["train"][1]
+    assert item.dtype == torch.float32
+    np.testing.assert_allclose(item[4, 0].numpy(), frames[1, 4] / 255.0, atol=1e-7)
     h5 = FramesDataModule(str(tmp_path / "c.h5"), test=str(tmp_path / "c.h5"), batch_size=3)
     h5.setup("test")
     np.testing.assert_allclose(next(iter(h5.test_dataloader()))[2, 5, 0].numpy(), frames[2, 5] / 255.0, atol=1e-6)

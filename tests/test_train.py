@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from convrnn.models.base import Prediction
 from convrnn.schedules import SCHEDULES
-from convrnn.train import AtomicCheckpointIO, NonFiniteLossError, PredictionTask, cli_main, frame_loss
+from convrnn.train import (AtomicCheckpointIO, NonFiniteLossError, PredictionTask, cli_main, existing_best,
+                           frame_loss)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
               pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")]
@@ -141,6 +142,21 @@ def test_training_step_loss_is_frame_loss_of_outputs_plus_aux(monkeypatch):
     loss = task.training_step(torch.rand(2, 6, 1, 16, 16), 0)
     hand = ((outputs - targets).abs() + (outputs - targets) ** 2).sum((2, 3, 4)).mean() + 1.75
     torch.testing.assert_close(loss, hand)
+
+
+def test_uint8_batches_are_divided_by_255_on_the_way_in():
+    """MovingMNISTDataModule and uint8 files send uint8 frames: training, evaluation and predict see
+    exactly the float frames / 255."""
+    task = PredictionTask(NET, loss="l1+l2", schedule={"name": "teacher"})
+    raw = torch.randint(0, 256, (2, 6, 1, 16, 16), dtype=torch.uint8)
+    unit = raw.float() / 255
+    torch.testing.assert_close(task.training_step(raw, 0), task.training_step(unit, 0), rtol=0, atol=0)
+    first, second = task.test_step(raw, 0), task.test_step(unit, 0)
+    for key in ("inputs", "targets", "predictions"):
+        assert first[key].dtype == torch.float32
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    out = task.predict_step(raw, 0)
+    torch.testing.assert_close(out["targets"], unit[:, 3:], rtol=0, atol=0)
 
 
 def test_bad_settings_and_short_sequences_give_clear_errors():
@@ -321,12 +337,33 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     (first,) = root.glob("killed/*")
-    assert not list(first.rglob("*.tmp"))
+    # (a kill in the middle of a save leaves that save's .last.ckpt.<pid>.tmp beside an intact last.ckpt)
     step = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert step >= 3
     second = _run("fit", cfg, root, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last")
     assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
     assert len(_train_rows(second)) == 2
+
+
+def test_last_checkpoint_records_the_best_checkpoint_of_its_own_validation(fitted):
+    """last.ckpt is written after ModelCheckpoint, so a resumed fit knows the real best file (before,
+    it recorded the previous best, which ModelCheckpoint may already have deleted)."""
+    _, _, run = fitted
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    (mc,) = [v for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    assert mc["best_model_path"] == str(best)
+
+
+def test_a_best_checkpoint_that_was_replaced_is_found_beside_it(tmp_path):
+    older, newer = tmp_path / "best-epoch=0-step=4.ckpt", tmp_path / "best-epoch=1-step=8.ckpt"
+    newer.write_bytes(b"x")
+    assert existing_best(str(newer)) == str(newer) and existing_best(None) is None
+    with pytest.warns(UserWarning, match="no longer exists"):
+        assert existing_best(str(older)) == str(newer)
+    newer.unlink()
+    with pytest.warns(UserWarning, match="final weights"):
+        assert existing_best(str(older)) is None
 
 
 def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_dies(tmp_path, monkeypatch):

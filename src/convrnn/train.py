@@ -48,8 +48,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
@@ -94,7 +93,8 @@ def frame_loss(outputs: Tensor, targets: Tensor, kind: str = "mse") -> Tensor:
 
 def _frames_of(batch: Any) -> Tensor:
     """A batch is a (B, T, C, H, W) tensor, or a tuple/list whose first item is, or a dict with
-    ``'frames'``."""
+    ``'frames'``: float in [0, 1], or uint8 in 0..255, divided by 255 here, on the device (what
+    :class:`convrnn.data.MovingMNISTDataModule` sends: a quarter of the bytes to copy)."""
     if isinstance(batch, dict):
         batch = batch["frames"]
     elif isinstance(batch, (tuple, list)):
@@ -103,7 +103,7 @@ def _frames_of(batch: Any) -> Tensor:
         shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"expected a batch of frames (B, T, C, H, W), got {shape}; the DataModule must "
                          "yield float tensors of that shape")
-    return batch
+    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
 
 
 class PredictionTask(L.LightningModule):
@@ -122,13 +122,18 @@ class PredictionTask(L.LightningModule):
         per_sample_mask: one coin per sequence and step (PredRNN) or one per step for the batch.
         ssim: SSIM convention of the metrics, ``standard`` or ``openstl`` (recorded in metrics.json).
         finite_check_every: check for a non-finite loss every this many steps (0: never).
+        compile: ``torch.compile`` the network: ``True`` (defaults) or the keyword arguments of
+            :func:`torch.compile` (``{mode: max-autotune, fullgraph: true}``...).  Compiled in place
+            (``nn.Module.compile``), so checkpoints keep their parameter names and load either way.
+            Every network is one graph (no breaks: tests/test_loop.py traces each with
+            ``fullgraph=True``); training and evaluation each compile once per batch shape.
     """
 
     def __init__(self, net: dict, loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
                  optimizer: Literal["adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  scheduler: Literal["onecycle", "cosine"] | None = None, schedule: dict | None = None,
                  per_sample_mask: bool = True, ssim: Literal["standard", "openstl"] = "standard",
-                 finite_check_every: int = 50):
+                 finite_check_every: int = 50, compile: bool | dict = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
@@ -140,6 +145,8 @@ class PredictionTask(L.LightningModule):
             raise ValueError(f"finite_check_every must be >= 0 (0 = never), got {finite_check_every}")
         self.save_hyperparameters()
         self.net = model_from_config(net)
+        if compile:
+            self.net.compile(**({} if compile is True else dict(compile)))
         codec = getattr(self.net, "codec", None)
         if loss == "bce" and codec is not None and getattr(codec, "out_activation", None) != "sigmoid":
             raise ValueError("loss='bce' needs predictions in (0, 1): add out_activation: sigmoid to the net config")
@@ -340,6 +347,20 @@ def find_checkpoint(root: str | Path, stem: str, which: str) -> Path:
     return found[-1]
 
 
+def existing_best(path: str | None) -> str | None:
+    """The best checkpoint to test after fit: ``path`` if it exists.  A resumed fit that has not
+    validated yet inherits the best path of the run it resumed; if that run was killed after its
+    ``ModelCheckpoint`` replaced that file by a better one, the newest ``best-*.ckpt`` beside it is that
+    better one.  None (test the current weights) when there is no best checkpoint at all."""
+    if path is None or "://" in path or os.path.isfile(path):
+        return path
+    found = sorted(Path(path).parent.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    replacement = str(found[-1]) if found else None
+    warnings.warn(f"the best checkpoint {path} recorded in the resumed checkpoint no longer exists; "
+                  f"testing {replacement or 'the final weights'} instead")
+    return replacement
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a local checkpoint to a temporary file in its own directory, flushes it to disk and
     renames it over the target (``os.replace``), so a kill at any moment leaves either the previous
@@ -363,24 +384,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_steps`` training steps (0/None: never),
-    after each validation during fit, and when fit ends -- also when it stops at ``max_steps`` or
-    ``max_time`` in the middle of an epoch -- so ``--ckpt_path last`` resumes from where the run
-    stopped. (Lightning's ``ModelCheckpoint(save_last=True)`` skips that final save once it has
-    saved a last checkpoint earlier.) Written with ``trainer.save_checkpoint`` (rank 0 writes;
-    atomically with :class:`AtomicCheckpointIO`, which the CLI installs)."""
+    after each validation during fit, at the end of each training epoch, and when fit ends -- also
+    when it stops at ``max_steps`` or ``max_time`` in the middle of an epoch -- so ``--ckpt_path last``
+    resumes from where the run stopped. (Lightning's ``ModelCheckpoint(save_last=True)`` skips that
+    final save once it has saved a last checkpoint earlier.) Written with ``trainer.save_checkpoint``
+    (rank 0 writes; atomically with :class:`AtomicCheckpointIO`, which the CLI installs).
+
+    It is a ``Checkpoint`` callback, so Lightning runs it after the ``ModelCheckpoint`` listed before
+    it, and it saves again when the step or the best checkpoint changed since its last save: the
+    last checkpoint always names the best file that exists (``ModelCheckpoint`` deletes the one it
+    replaces), which a resumed fit tests at its end."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps or 0
-        self._saved_step = -1
+        self._saved: tuple | None = None     # (global step, best path) of the last save
 
     def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.global_step == self._saved_step:
+        key = (trainer.global_step, getattr(trainer.checkpoint_callback, "best_model_path", None))
+        if trainer.sanity_checking or key == self._saved:
             return
         trainer.save_checkpoint(self.path)
-        self._saved_step = trainer.global_step
+        self._saved = key
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -389,6 +416,9 @@ class LastCheckpoint(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":
             self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer)
@@ -468,7 +498,7 @@ class ConvRNNCLI(LightningCLI):
         """Test the best checkpoint (the last weights when there is none) so the run is complete."""
         if self.trainer.interrupted or not is_overridden("test_dataloader", self.datamodule):
             return
-        ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or None
+        ckpt = existing_best(getattr(self.trainer.checkpoint_callback, "best_model_path", "") or None)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
     def before_predict(self) -> None:

@@ -1,5 +1,6 @@
 """Datasets: Moving MNIST (generated on the fly from real MNIST digits, or the standard test file) and your
-own frames, as LightningDataModules whose batches are float32 tensors (B, T, C, H, W) in [0, 1]."""
+own frames, as LightningDataModules whose batches are tensors (B, T, C, H, W): uint8 (0..255) for 8-bit data,
+which :class:`convrnn.train.PredictionTask` divides by 255 on the device, else float32 in [0, 1]."""
 from .frames import ArrayFrames, FramesDataModule, read_array
 from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
 from .moving_mnist import (

@@ -1,4 +1,5 @@
-"""Your own frames: sequences from .npy / .npz / .h5 files as float32 (T, C, H, W) items in [0, 1]."""
+"""Your own frames: sequences from .npy / .npz / .h5 files as (T, C, H, W) items: uint8 frames stay uint8
+(0..255, divided by 255 on the device by :class:`convrnn.train.PredictionTask`), others become float32."""
 from __future__ import annotations
 
 import os
@@ -44,14 +45,16 @@ def _pick_key(path: str, keys: list[str], key: str | None) -> str:
 
 
 class ArrayFrames(Dataset):
-    """Sequences of an array of frames as float32 (T, C, H, W) tensors.
+    """Sequences of an array of frames as (T, C, H, W) tensors: uint8 (0..255) for a uint8 array and no
+    ``scale``, else float32 divided by ``scale``.
 
     Args:
         array: frames, laid out as ``layout``: "NTCHW", "NTHW" (grayscale) or "TNHW" (time-major,
             like mnist_test_seq.npy). May be a memory map; items are read lazily.
         seq_len: None = whole sequences; an int = windows of ``seq_len`` frames: non-overlapping ones
             (``windows=True``, so one long recording gives many samples) or only the first.
-        scale: values are divided by it; None = 255 for uint8 and 1 for floats (kept as they are).
+        scale: values are divided by it (float32 items); None = uint8 kept as uint8 (it means 0..255 ->
+            [0, 1], a quarter of the bytes to load and copy), floats kept as they are.
     """
 
     def __init__(self, array, layout: str = "NTCHW", seq_len: int | None = None, scale: float | None = None,
@@ -61,11 +64,10 @@ class ArrayFrames(Dataset):
         if array.ndim != LAYOUTS[layout]:
             raise ValueError(f"layout {layout} needs a {LAYOUTS[layout]}-d array, got shape {tuple(array.shape)}; "
                              "set layout= to match your file (NTCHW, NTHW or TNHW)")
-        if scale is None:
-            if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
-                raise ValueError(f"frames of dtype {array.dtype}: give scale= (the value that maps to 1.0)")
-            scale = 255.0 if array.dtype == np.uint8 else 1.0
-        self.array, self.layout, self.scale = array, layout, float(scale)
+        if scale is None and array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"frames of dtype {array.dtype}: give scale= (the value that maps to 1.0)")
+        self.keep_uint8 = scale is None and array.dtype == np.uint8
+        self.array, self.layout, self.scale = array, layout, 1.0 if scale is None else float(scale)
         n, t = (array.shape[1], array.shape[0]) if layout == "TNHW" else array.shape[:2]
         self.seq_len = t if seq_len is None else seq_len
         if not 1 <= self.seq_len <= t:
@@ -86,19 +88,23 @@ class ArrayFrames(Dataset):
         else:
             frames = np.asarray(self.array[n, time])
             frames = frames[:, None] if self.layout == "NTHW" else frames
+        if self.keep_uint8:
+            return torch.from_numpy(np.array(frames, dtype=np.uint8))
         frames = torch.from_numpy(np.array(frames, dtype=np.float32))
         return frames if self.scale == 1.0 else frames.div_(self.scale)
 
 
 class FramesDataModule(L.LightningDataModule):
-    """Your own frame sequences for Lightning; batches are float32 (B, T, C, H, W).
+    """Your own frame sequences for Lightning; batches are (B, T, C, H, W): uint8 files give uint8
+    batches (unless ``scale`` is set), which :class:`convrnn.train.PredictionTask` divides by 255 on the
+    device; float files give float32.
 
     Args:
         train, val, test: paths of .npy / .npz / .h5 files (val and test optional; predict uses test).
         batch_size, num_workers: DataLoader settings (train is shuffled).
         seq_len: None = whole sequences; an int = non-overlapping windows of that many frames.
         layout: "NTCHW", "NTHW" (grayscale) or "TNHW" (time-major).
-        scale: divide values by it; None = 255 for uint8, floats kept.
+        scale: divide values by it (float32 batches); None = uint8 kept (means / 255), floats kept.
         key: the array inside .npz / .h5 files (default: the only one, or "frames").
     """
 

@@ -11,9 +11,10 @@ using LSTMs", ICML 2015, and their generator script), per digit of a sequence:
     frame = pixel-wise max over the digits pasted at their corners, float in [0, 1] (not binarised).
 
 The trajectory is a loop over the T frames only (vectorised over sequences and digits); pasting is one
-indexed write per digit for the whole batch, through a strided view of the flat canvas whose element
-``o`` is the 28x28 window starting at offset ``o`` (no loop over pixels or sequences). Canvases are
-uint8 (for uint8 digits) and become float32 / 255 at the end.
+indexed write per digit for the whole batch (after a max with what is there), through a strided view
+of the flat canvas whose element ``o`` is the 28x28 window starting at offset ``o`` (no loop over
+pixels or sequences). Canvases are uint8 (for uint8 digits) and become float32 / 255 at the end, or
+stay uint8 (``MovingMNIST(dtype="uint8")``, what the DataModule sends to training).
 """
 from __future__ import annotations
 
@@ -67,10 +68,12 @@ def bounce_trajectory(x: Tensor, y: Tensor, theta: Tensor, seq_len: int, step: f
     return positions[0], positions[1]
 
 
-def render(digits: Tensor, motion: Motion, seq_len: int, image_size: int = 64) -> Tensor:
-    """Frames of the sequences in ``motion``: float32 (N, seq_len, 1, image_size, image_size) in [0, 1].
+def render(digits: Tensor, motion: Motion, seq_len: int, image_size: int = 64, scale: bool = True) -> Tensor:
+    """Frames of the sequences in ``motion``: (N, seq_len, 1, image_size, image_size).
 
-    ``digits`` (M, d, d), uint8 in 0..255 or float in [0, 1], on the device to render on.
+    ``digits`` (M, d, d), uint8 in 0..255 or float in [0, 1], on the device to render on.  The frames
+    are float32 in [0, 1]; with ``scale=False`` uint8 digits give the uint8 canvas itself (0..255),
+    a quarter of the bytes to hand to a DataLoader and copy to a GPU (divide by 255 there).
     """
     d = digits.shape[-1]
     span = image_size - d
@@ -82,15 +85,17 @@ def render(digits: Tensor, motion: Motion, seq_len: int, image_size: int = 64) -
     offsets = (rows * image_size + cols).to(device) + frame_start[:, None]   # (N, K, T) window offsets
     total = n * seq_len * image_size**2
     canvas = torch.zeros(total, dtype=digits.dtype, device=device)
-    layer = torch.empty_like(canvas) if k > 1 else None
+    # windows[o] is the d x d window whose top-left pixel is canvas[o]; a digit's windows in different
+    # frames never overlap, so each digit is one gather (max with what is there) and one scatter.
+    windows = canvas.as_strided((total - (d - 1) * (image_size + 1), d, d), (1, image_size, 1))
     for j in range(k):
-        target = canvas if j == 0 else layer.zero_()   # each further digit on its own layer, then max
-        windows = target.as_strided((total - (d - 1) * (image_size + 1), d, d), (1, image_size, 1))
-        windows.index_put_((offsets[:, j],), digits[motion.digit[:, j].to(device)][:, None])
-        if j > 0:
-            torch.maximum(canvas, layer, out=canvas)
+        where = offsets[:, j].reshape(-1)
+        paste = digits[motion.digit[:, j].to(device)][:, None].expand(n, seq_len, d, d).reshape(-1, d, d)
+        windows[where] = paste if j == 0 else torch.maximum(windows[where], paste)
     frames = canvas.view(n, seq_len, 1, image_size, image_size)
-    return frames.float().div_(255.0) if digits.dtype == torch.uint8 else frames.float()
+    if digits.dtype == torch.uint8:
+        return frames.float().div_(255.0) if scale else frames
+    return frames.float()
 
 
 def as_digits(digits) -> Tensor:
@@ -135,7 +140,8 @@ def _process_rank() -> int:
 
 
 class MovingMNIST(Dataset):
-    """Moving MNIST sequences (Srivastava et al. 2015) as float32 tensors (seq_len, 1, H, W) in [0, 1].
+    """Moving MNIST sequences (Srivastava et al. 2015) as tensors (seq_len, 1, H, W): float32 in [0, 1],
+    or uint8 in 0..255 with ``dtype="uint8"``.
 
     See the module docstring for the generation rule.
 
@@ -147,14 +153,24 @@ class MovingMNIST(Dataset):
             and each distributed rank has its own stream, seeded from ``torch.initial_seed()``, so the
             global seed makes a run reproducible). An int = a fixed set: sequence i is the same on every
             call, machine and worker (validation / test sets); only its initial conditions are stored.
+        dtype: ``"float32"`` (in [0, 1]) or ``"uint8"`` (0..255, needs uint8 digits): a quarter of the
+            bytes through the DataLoader and to the GPU, and no conversion in the loader process.
+            :class:`MovingMNISTDataModule` uses uint8; :class:`convrnn.train.PredictionTask` divides
+            uint8 batches by 255 on the device.
 
     A DataLoader fetches whole batches through ``__getitems__``, which renders them in one go.
     """
 
     def __init__(self, digits, num_sequences: int, seq_len: int = 20, image_size: int = 64, num_digits: int = 2,
-                 seed: int | None = None):
+                 seed: int | None = None, dtype: str = "float32"):
         self.digits = as_digits(digits)
         _check_sizes(self.digits, seq_len, image_size, num_digits)
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"dtype={dtype!r}; choose 'float32' (frames in [0, 1]) or 'uint8' (0..255)")
+        if dtype == "uint8" and self.digits.dtype != torch.uint8:
+            raise ValueError("dtype='uint8' needs uint8 digits (0..255), as load_mnist_digits returns them; "
+                             "got float digits: use dtype='float32'")
+        self.dtype = dtype
         if num_sequences < 1:
             raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
         self.num_sequences, self.seq_len, self.image_size, self.num_digits = num_sequences, seq_len, image_size, num_digits
@@ -181,7 +197,7 @@ class MovingMNIST(Dataset):
             if len(idx) and (idx.min() < -self.num_sequences or idx.max() >= self.num_sequences):
                 raise IndexError(f"index out of range for a MovingMNIST set of {self.num_sequences} sequences")
             motion = Motion(*(field[idx] for field in self.motion))
-        return render(self.digits, motion, self.seq_len, self.image_size)
+        return render(self.digits, motion, self.seq_len, self.image_size, scale=self.dtype == "float32")
 
     def _generator(self) -> torch.Generator:
         """This process's random stream for on-the-fly data (re-seeded in each new worker process)."""
@@ -225,7 +241,9 @@ def load_moving_mnist_npy(path) -> Tensor:
 
 
 class MovingMNISTDataModule(L.LightningDataModule):
-    """Moving MNIST for Lightning: batches are float32 tensors (B, T, 1, H, W) in [0, 1].
+    """Moving MNIST for Lightning: batches are uint8 tensors (B, T, 1, H, W) in 0..255 (a quarter of
+    the bytes of float32 to render, collate, pin and copy); :class:`convrnn.train.PredictionTask` divides
+    them by 255 on the device.  (The standard test file is uint8 too.)
 
     - train: ``train_size`` fresh sequences per epoch, generated on the fly from the train digits;
     - val: a fixed set of ``val_size`` sequences (``seed``) from the validation digits, never the test set;
@@ -251,7 +269,8 @@ class MovingMNISTDataModule(L.LightningDataModule):
 
     def _sequences(self, split: str, size: int, seed: int | None) -> MovingMNIST:
         hp = self.hparams
-        return MovingMNIST(self._digits(split), size, hp.seq_len, hp.image_size, hp.num_digits, seed=seed)
+        return MovingMNIST(self._digits(split), size, hp.seq_len, hp.image_size, hp.num_digits, seed=seed,
+                           dtype="uint8")
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
