@@ -11,7 +11,7 @@ validation MSE per frame (``--val-size`` fixed sequences) before and after train
 test MSE against the copy-last-frame and blank-frame baselines (a few hundred steps teach next-frame
 prediction; 10-frame forecasts that beat a blank frame need a far longer run).  One Markdown row per run.
 
-    python benchmarks/train_all_cells.py                     # all 8 cells x flat/ms, ~25 min on 2 CPU cores
+    python benchmarks/train_all_cells.py                     # all 8 cells x flat/ms, ~70 min on 2 CPU cores
     python benchmarks/train_all_cells.py --cells convlstm --steps 100 --out docs/benchmarks.md
 """
 from __future__ import annotations

@@ -166,8 +166,9 @@ def write_examples(out_dir: str | Path, inputs: np.ndarray, targets: np.ndarray 
 
 class RunOutputs(Callback):
     """Writes ``metrics.json``, the per-lead-time plot and example GIF/PNGs of the first test
-    sequences after ``test``, and the predictions + example GIF/PNGs after ``predict``, into ``run_dir`` (global rank 0; with several predict processes each
-    rank writes its own ``predictions_rank<r>.npy``).
+    sequences after ``test``, and the predictions + example GIF/PNGs after ``predict``, into
+    ``run_dir`` (global rank 0; with several predict processes each rank writes its own
+    ``predictions_rank<r>.npy``).
 
     Reads ``pl_module.test_results`` (set by :class:`convrnn.train.PredictionTask` at the end of the
     test epoch) and the dicts that ``predict_step`` returns.

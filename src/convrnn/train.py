@@ -102,7 +102,7 @@ def _frames_of(batch: Any) -> Tensor:
     if not isinstance(batch, Tensor) or batch.dim() != 5:
         shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"expected a batch of frames (B, T, C, H, W), got {shape}; the DataModule must "
-                         "yield float tensors of that shape")
+                         "yield float tensors in [0, 1] or uint8 tensors (0..255) of that shape")
     return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
 
 
@@ -125,7 +125,7 @@ class PredictionTask(L.LightningModule):
         compile: ``torch.compile`` the network: ``True`` (defaults) or the keyword arguments of
             :func:`torch.compile` (``{mode: max-autotune, fullgraph: true}``...).  Compiled in place
             (``nn.Module.compile``), so checkpoints keep their parameter names and load either way.
-            Every network is one graph (no breaks: tests/test_loop.py traces each with
+            Every network is one graph (no breaks: tests/test_compile.py traces each with
             ``fullgraph=True``); training and evaluation each compile once per batch shape.
     """
 
