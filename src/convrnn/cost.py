@@ -19,7 +19,8 @@ Two independent counts that must agree (``tests/test_cost.py`` checks them for e
 
 - **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
   ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
-  ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), ``aten.mul`` between two tensors that both hold
+  ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), the fused
+  ``scaled_dot_product_attention`` kernels (MACs of its two products), ``aten.mul`` between two tensors that both hold
   more than one element (a product of two signals; scaling by a constant is not), and bilinear
   ``aten.grid_sampler_2d`` (4 products per output element: the four corner values times their
   weights).  Every other operator is tallied by name only.
@@ -51,6 +52,11 @@ aten = torch.ops.aten
 #: matrix products -> position of the left operand; MACs = output numel x its last dimension
 _MATMULS = {aten.mm: 0, aten.addmm: 1, aten.bmm: 0, aten.baddbmm: 1, aten.mv: 0, aten.addmv: 1, aten.dot: 0}
 _MULS = {aten.mul, aten.mul_}
+#: fused scaled-dot-product attention (CPU flash, CUDA flash / memory-efficient / cuDNN): q (..., L, E),
+#: k (..., S, E), v (..., S, Ev); MACs = L S (E + Ev) per batch and head, the two products of the math path
+_ATTENTION = {getattr(aten, name) for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, name)}
 #: products per output element of grid_sample by interpolation mode (0 bilinear, 1 nearest, 2 bicubic)
 _GRID_PRODUCTS = {0: 4, 1: 0, 2: 16}
 
@@ -94,6 +100,9 @@ class _Counter(TorchDispatchMode):
             c.macs += _conv_macs(args, out)
         elif packet in _MATMULS:
             c.macs += out.numel() * args[_MATMULS[packet]].shape[-1]
+        elif packet in _ATTENTION:
+            q, k, v = args[:3]
+            c.macs += q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
         elif packet in _MULS and len(args) >= 2 and _is_signal(args[0]) and _is_signal(args[1]):
             c.products += out.numel()
         elif packet is aten.grid_sampler_2d:

@@ -5,6 +5,7 @@ from .frames import ArrayFrames, FramesDataModule, read_array
 from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
 from .moving_mnist import (
     MOVING_MNIST_URL,
+    DeviceMovingMNIST,
     Motion,
     MovingMNIST,
     MovingMNISTDataModule,
@@ -18,6 +19,7 @@ from .moving_mnist import (
 __all__ = [
     "MOVING_MNIST_URL",
     "ArrayFrames",
+    "DeviceMovingMNIST",
     "FramesDataModule",
     "Motion",
     "MovingMNIST",
