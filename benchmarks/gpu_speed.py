@@ -47,6 +47,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -180,7 +181,7 @@ def train_item(args, device, digits, name: str, fast: bool, scope: str | None = 
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=max_steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        benchmark=device.type == "cuda", callbacks=[timer], default_root_dir=args.out)
+                        benchmark=device.type == "cuda", callbacks=[timer], default_root_dir=tempfile.mkdtemp())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)

@@ -6,6 +6,7 @@ import torch
 import torch._dynamo
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
+from convrnn import cell_families
 from convrnn.train import PredictionTask
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
@@ -79,6 +80,16 @@ def test_fast_step_with_an_auxiliary_loss(scope):
     _same_step(plain, fast, FRAMES)
     if scope == "step":
         assert fast.net.step is not plain.net.step and not hasattr(fast, "_orig_mod")
+
+
+@pytest.mark.parametrize("family", sorted(cell_families()))
+def test_fast_step_scope_traces_every_cell_family(family):
+    """Every cell family in a stack through the fast path's step scope (TorchDynamo's trace, replayed by
+    eager kernels): one graph per step kind, the eager loss and gradients."""
+    cells = ["convlstm", family] if family == "motionrnn" else family      # the Motion Highway needs C_in = C
+    net = {"name": "stack", "cell": cells, "layers": 2, **SMALL}
+    plain, fast = _pair(net, {"backend": "eager"})
+    _same_step(plain, fast, FRAMES, steps=1)
 
 
 def test_fast_fit_logs_every_n_steps_fuses_the_optimizer_and_trains_as_eager(tmp_path):
