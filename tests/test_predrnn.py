@@ -233,7 +233,7 @@ def test_gradients_reach_every_parameter(name, scales):
 
 def test_predrnnpp_preset_puts_the_highway_on_layer_one_only():
     model = tiny("predrnnpp", layers=3)
-    assert [c.highway for c in model.cells] == [True, False, False]
+    assert [c.highway for c in model.cells] == ["output", None, None]
     assert [c.gating_products for c in model.cells] == [7, 5, 5]
     with pytest.raises(ValueError, match="layer_kw has 1 entries for 3 layers"):
         tiny("predrnnpp", layers=3, layer_kw=[{}])
