@@ -3,6 +3,7 @@
     convrnn models                          list registered cells and models
     convrnn cost CELL [options] | --config  parameters / multiplications / MACs / memory
     convrnn fit|validate|test|predict --config FILE.yaml [--key value ...]   (Lightning)
+    convrnn convert --from openstl|msrnn CHECKPOINT --config FILE.yaml --output OUT.ckpt
 
 To add a command, write ``def name(argv: list[str]) -> int`` (here, or in its own module imported
 lazily) and add one line to :data:`COMMANDS`.
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import convert as convert_
 from .cost import cell_cost, format_table, model_cost, reference_table
 from .registry import create_cell, list_cells, list_models, model_aliases, model_from_config
 
@@ -133,6 +135,7 @@ COMMANDS = {
     "validate": lightning("validate"),
     "test": lightning("test"),
     "predict": lightning("predict"),
+    "convert": convert_.main,
 }
 
 
