@@ -10,7 +10,6 @@ conversion promises.  Then the files: OpenSTL's three checkpoint layouts, MS-RNN
 refusal of pickled objects, errors naming the problem, and ``convrnn test`` on a converted checkpoint."""
 import argparse
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from convrnn.cli import main as cli
-from convrnn.convert import ConversionError, convert, convert_state_dict, load_reference
+from convrnn.convert import ConversionError, convert_state_dict, load_reference
 from convrnn.lightning_cli import cli_main
 from convrnn.registry import model_from_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)

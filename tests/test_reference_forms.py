@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from torch import nn
 
 from convrnn import create_cell, create_model
 from convrnn.cells.base import Below, Cell
@@ -88,67 +87,7 @@ def test_step_layers_passes_direct_input_and_resampled_lateral():
     step_layers([Recorder(C, C), plain], x, None, None)
 
 
-# -- PredRNN++ ---------------------------------------------------------------------------------
-def ref_causal(cell, x, h, c, m, openstl):
-    """Causal LSTM.  paper: g' = tanh(W x + V ∘ c_t + U ∘ M), 1x1 W_3.
-    openstl: g' = tanh(W x + V ∘ c_t) (no M term), k x k W_3, o also from U_o ∘ h."""
-    xi, xf, xg, xi2, xf2, xo, xg2 = in_blocks(cell.wx, x, 7)
-    hi, hf, hg = rec_blocks(cell.uh, h)
-    ci, cf, cg = rec_blocks(cell.uc, c)
-    c = sig(xf + hf + cf) * c + sig(xi + hi + ci) * tanh(xg + hg + cg)
-    vi, vf, vo, vg = rec_blocks(cell.vc, c)
-    if openstl:
-        mi, mf = rec_blocks(cell.um, m)
-        g2 = xg2 + vg
-    else:
-        mi, mf, mg = rec_blocks(cell.um, m)
-        g2 = xg2 + vg + mg
-    m = sig(xf2 + vf + mf) * tanh(conv(m, cell.w3)) + sig(xi2 + vi + mi) * tanh(g2)
-    o = xo + vo + rec_blocks(cell.vm, m)[0]
-    if cell.o_from_h:
-        o = o + rec_blocks(cell.uo, h)[0]
-    return tanh(o) * tanh(conv(torch.cat([c, m], 1), cell.fuse)), c, m
-
-
-def ref_ghu(cell, u, z):
-    xs, xp = in_blocks(cell.ghu_x, u, 2)
-    zs, zp = rec_blocks(cell.ghu_z, z)
-    s = sig(xs + zs)
-    return s * tanh(xp + zp) + (1 - s) * z
-
-
-@pytest.mark.parametrize("recurrent,mode", VARIANTS)
-def test_causal_lstm_openstl_variant(recurrent, mode):
-    cell = make("predrnnpp", recurrent, mode, cin=3, variant="openstl")
-    assert cell.w3.kernel_size == (3, 3) and cell.o_from_h and len(cell.um.kinds) == 2
-    x, h, c, m = rand(2, 3, *SIZE), rand(2, C, *SIZE), rand(2, C, *SIZE), rand(2, C, *SIZE)
-    out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
-    want = ref_causal(cell, x, h, c, m, openstl=True)
-    for got, ref in zip((out, new.c, new.m), want):
-        close(got, ref)
-    # the paper's form differs on the same input (M reaches g'; W_3 is 1x1)
-    paper = make("predrnnpp", recurrent, mode, cin=3)
-    assert paper.w3.kernel_size == (1, 1) and not paper.o_from_h and len(paper.um.kinds) == 3
-    no_h = make("predrnnpp", recurrent, mode, cin=3, variant="openstl", o_from_h=False)
-    assert no_h.uo is None
-
-
-@pytest.mark.parametrize("recurrent,mode", VARIANTS)
-def test_gradient_highway_on_the_input(recurrent, mode):
-    """highway='input' (MS-RNN's layer 2): z_t = GHU(x_t, z_{t-1}); the Causal LSTM runs on z_t."""
-    cell = make("predrnnpp", recurrent, mode, cin=3, highway="input")
-    assert cell.ghu_x.in_channels == 3 and cell.wx.in_channels == C and cell.gating_products == 7
-    x, h, c, m, z = rand(2, 3, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
-    out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c, z=z), m)
-    z_t = ref_ghu(cell, x, z)
-    h_t, c_t, m_t = ref_causal(cell, z_t, h, c, m, openstl=False)
-    close(out, h_t)
-    close(new.z, z_t)
-    close(new.c, c_t)
-    close(new.m, m_t)
-    assert new.h is out and new.h_lstm is None
-
-
+# -- PredRNN++ (the cell's openstl variant and highway='input': tests/test_predrnn.py) -----------
 def highway_moved(paper_state):
     """Move the GHU from layer 1's output (paper) to layer 2's input (msrnn): same tensors."""
     return {k.replace("cells.0.ghu", "cells.1.ghu"): v for k, v in paper_state.items()}
