@@ -256,12 +256,12 @@ def test_nan_in_the_data_during_fit_is_reported_as_the_data(tmp_path):
     cfg = _config(tmp_path)
     with pytest.raises(NonFiniteInputError, match=r"input frames of the training batch at global step 0 hold NaN"):
         cli_main(["fit", "--config", str(cfg), "--run_dir", str(tmp_path / "runs"),
-                  "--data.init_args.nan", "true"])
+                  "--data.init_args.nan", "true", "--trainer.num_sanity_val_steps", "0"])
 
 
 # -- the CLI: fit, test, resume, predict ------------------------------------------------------------
 def test_fit_leaves_a_complete_run_directory(fitted):
-    _, root, run = fitted
+    cfg, root, run = fitted
     assert run.parent == root / run_key(cfg) and run.name.endswith("-fit")
     ckpts = run / "checkpoints"
     best = list(ckpts.glob("best-*.ckpt"))
