@@ -40,8 +40,8 @@ CONVRNN_DEBUG=1) shows the traceback.  Docs: README.md, docs/training.md.
 
 
 def _paragraph(obj) -> str:
-    """The first paragraph of a docstring, on one line."""
-    return " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+    """The first paragraph of a docstring, on one line, without reST's double backquotes."""
+    return " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].replace("``", "").split())
 
 
 def models(argv: list[str]) -> int:

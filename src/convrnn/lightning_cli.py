@@ -82,12 +82,13 @@ class ConvRNNCLI(LightningCLI):
         cfg = self.config[sub]
         cfg.model.net = check_net(cfg.model.net)
         self._refuse_untrained(sub, cfg)
-        if cfg.get("ckpt_path") in ("last", "best"):
-            path, skipped = find_checkpoint(cfg.run_dir, self.run_key(), cfg.ckpt_path,
+        which = cfg.get("ckpt_path")
+        if which in ("last", "best"):
+            path, skipped = find_checkpoint(cfg.run_dir, self.run_key(), which,
                                             refuse=lambda p: self._refusal(p, cfg.model.net))
             cfg.ckpt_path = str(path)
             passed = f" (passed over newer: {'; '.join(skipped)})" if skipped else ""
-            say(f"--ckpt_path {'last' if path.name == 'last.ckpt' else 'best'} resolved to {path}{passed}")
+            say(f"--ckpt_path {which} resolved to {path}{passed}")
 
     @staticmethod
     def _refusal(path: Path, net: dict) -> str | None:

@@ -103,7 +103,8 @@ class PredictionTask(L.LightningModule):
 
     Args:
         net: network config, ``{'name': 'stack', 'cell': 'convlstm', 'layers': 2, ...}`` (any
-            registered model; see :func:`convrnn.registry.model_from_config`).
+            registered model; see :func:`convrnn.registry.model_from_config`), each key checked against
+            and converted to the type its builder declares (:func:`convrnn.netconfig.check_net`).
         loss: ``mse`` | ``l1`` | ``l1+l2`` | ``bce`` (summed per frame, see :mod:`convrnn.losses`).
         optimizer: ``adam`` | ``adamw``; lr, weight_decay: its settings.
         scheduler: None (constant lr) | ``onecycle`` (OneCycleLR, max_lr = lr, over all training

@@ -84,7 +84,7 @@ def check_frames_array(array, layout: str, scale: float | None = None, source: s
     divisor = 1.0 if scale is None else float(scale)
     in_range = scale is None and array.dtype == np.uint8
     lo, hi = math.inf, -math.inf
-    for i in picked:
+    for i in ([] if in_range else picked):      # uint8 without scale: 0..255, nothing to check
         seq = _sample(array, layout, i) / divisor
         bad = ~np.isfinite(seq)
         if bad.any():
