@@ -5,6 +5,7 @@ which :class:`convrnn.train.PredictionTask` divides by 255 on the device, else f
 batches are dicts ``{"frames", "mask"}``.  ``convrnn data NAME --root DIR`` checks a dataset folder."""
 from .frames import ArrayFrames, FramesDataModule, read_array
 from .kth import KTHDataModule
+from .taxibj import TaxiBJDataModule
 from .windows import DatasetFormatError, DatasetNotFoundError, Protocol, WindowDataModule, Windows
 from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
 from .moving_mnist import (
@@ -30,6 +31,7 @@ __all__ = [
     "MovingMNIST",
     "MovingMNISTDataModule",
     "Protocol",
+    "TaxiBJDataModule",
     "WindowDataModule",
     "Windows",
     "bounce_trajectory",

@@ -301,6 +301,8 @@ class WindowDataModule(L.LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
         dataset = self.datasets[split]
+        if len(dataset) == 0 and split == "train":
+            raise self.bad_format(f"the training split holds no window of {self.seq_len} frames")
         if len(dataset) == 0:
             return []  # Lightning skips a stage whose loader is empty
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
