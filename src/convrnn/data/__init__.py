@@ -4,6 +4,7 @@ arrays, as LightningDataModules whose batches are tensors (B, T, C, H, W): uint8
 which :class:`convrnn.train.PredictionTask` divides by 255 on the device, else float32 in [0, 1]; radar
 batches are dicts ``{"frames", "mask"}``.  ``convrnn data NAME --root DIR`` checks a dataset folder."""
 from .frames import ArrayFrames, FramesDataModule, read_array
+from .hko7 import HKO7DataModule
 from .kth import KTHDataModule
 from .taxibj import TaxiBJDataModule
 from .windows import DatasetFormatError, DatasetNotFoundError, Protocol, WindowDataModule, Windows
@@ -26,6 +27,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "FramesDataModule",
+    "HKO7DataModule",
     "KTHDataModule",
     "Motion",
     "MovingMNIST",

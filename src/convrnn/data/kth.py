@@ -28,6 +28,7 @@ from .windows import (
     Protocol,
     WindowDataModule,
     Windows,
+    as_size,
     build_caches,
     cache_path,
     resize_frames,
@@ -180,15 +181,6 @@ def _first_channel(path: Path) -> np.ndarray:
     return array[..., 0] if array.ndim == 3 else array
 
 
-def _pair(value) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    h, w = value
-    return (int(h), int(w))
-
-
 class KTHDataModule(WindowDataModule):
     """KTH human actions (Schuldt et al., ICPR 2004) as uint8 batches (B, T, 1, H, W).
 
@@ -293,7 +285,7 @@ class KTHDataModule(WindowDataModule):
                 segments.append((v, first, stop - first))
                 strides.append(stride)
         index = window_index([n for _, _, n in segments], self.seq_len, strides, self.settings["anchor"])
-        source = KTHFrames(videos, arrays, segments, _pair(self.settings["presize"]), _pair(self.settings["size"]))
+        source = KTHFrames(videos, arrays, segments, as_size(self.settings["presize"]), as_size(self.settings["size"]))
         return Windows(source, index, self.seq_len)
 
     def _decode_all(self, videos: list[Video]) -> list[np.ndarray]:

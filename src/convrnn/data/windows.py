@@ -154,6 +154,16 @@ class Windows(Dataset):
 
 
 # -- frames ---------------------------------------------------------------------------------------
+def as_size(value) -> tuple[int, int] | None:
+    """A frame size setting -> (h, w): an int n means (n, n); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    h, w = value
+    return (int(h), int(w))
+
+
 def resize_frames(frames: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
     """Frames (T, C, H, W) resized to ``size`` = (h, w) bilinearly (half-pixel centres, no antialiasing:
     OpenCV's INTER_LINEAR).  uint8 in, uint8 out (rounded); floats stay float32.  None: unchanged."""
