@@ -6,6 +6,7 @@ batches are dicts ``{"frames", "mask"}``.  ``convrnn data NAME --root DIR`` chec
 from .frames import ArrayFrames, FramesDataModule, read_array
 from .hko7 import HKO7DataModule
 from .kth import KTHDataModule
+from .radolan import RadolanDataModule
 from .taxibj import TaxiBJDataModule
 from .windows import DatasetFormatError, DatasetNotFoundError, Protocol, WindowDataModule, Windows
 from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
@@ -33,6 +34,7 @@ __all__ = [
     "MovingMNIST",
     "MovingMNISTDataModule",
     "Protocol",
+    "RadolanDataModule",
     "TaxiBJDataModule",
     "WindowDataModule",
     "Windows",

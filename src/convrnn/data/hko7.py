@@ -309,7 +309,7 @@ class HKO7DataModule(WindowDataModule):
             starts = np.array(find(slots, length, step, stride, int(s["max_missing"])), dtype=np.int64)
             shape = read_png(frame_path(self.root, int(slots[0]))).shape
             source = HKO7Frames(self.root, slots, step, bool(s["masks"]), exclude,
-                                round(float(s["noise_threshold"]) * 255), s["crop"], as_size(s["size"]), shape)
+                                round(float(s["noise_threshold"]) * 255), s["crop"] or None, as_size(s["size"]), shape)
             out[split] = Windows(source, np.stack([np.zeros_like(starts), starts], 1), length)
         return out
 

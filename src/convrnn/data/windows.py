@@ -63,8 +63,9 @@ class Protocol:
 
 
 def resolve_protocol(protocols: dict[str, Protocol], name: str, given: dict) -> tuple[dict, dict]:
-    """The settings of protocol ``name`` with the non-None values of ``given`` in place of its own, and the
-    record for metrics.json: ``{"name", "source", "settings", "overrides", "unverified"}``.  Warns when an
+    """The settings of protocol ``name`` with the non-None values of ``given`` in place of its own (so None
+    means "the protocol's"; False turns an optional setting such as a crop or a resize off), and the record
+    for metrics.json: ``{"name", "source", "settings", "overrides", "unverified"}``.  Warns when an
     unverified setting is used as the protocol gives it."""
     if name not in protocols:
         raise ValueError(f"protocol={name!r}; choose one of {list(protocols)}")
@@ -155,8 +156,8 @@ class Windows(Dataset):
 
 # -- frames ---------------------------------------------------------------------------------------
 def as_size(value) -> tuple[int, int] | None:
-    """A frame size setting -> (h, w): an int n means (n, n); None stays None."""
-    if value is None:
+    """A frame size setting -> (h, w): an int n means (n, n); None or False (off) -> None."""
+    if value is None or value is False:
         return None
     if isinstance(value, int):
         return (value, value)
