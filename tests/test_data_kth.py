@@ -148,12 +148,12 @@ def test_bad_folders_give_clear_errors(tmp_path):
     broken = tmp_path / "broken"
     (broken / "boxing" / "person01_boxing_d1_uncomp").mkdir(parents=True)
     with pytest.raises(DatasetFormatError, match="holds no image_NNNN.jpg"):
-        KTHDataModule(str(broken), **SMALL).setup("fit")
+        KTHDataModule(str(broken), **{**SMALL, "val_persons": []}).setup("fit")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "person01_boxing_d1_uncomp.avi").write_bytes(b"not a video" * 10)
     with pytest.raises(DatasetFormatError, match="cannot decode"):
-        KTHDataModule(str(corrupt), cache_dir=str(tmp_path / "c"), **SMALL).setup("fit")
+        KTHDataModule(str(corrupt), cache_dir=str(tmp_path / "c"), **{**SMALL, "val_persons": []}).setup("fit")
     with pytest.raises(DatasetNotFoundError, match=r"persons \[4\] \(test split\)"):
         write_avi(tmp_path / "only1" / "person01_boxing_d1_uncomp.avi", range(1, 6))
         KTHDataModule(str(tmp_path / "only1"), cache_dir=str(tmp_path / "c"), **SMALL).setup("test")

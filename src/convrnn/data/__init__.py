@@ -3,6 +3,7 @@ datasets of the seeds (KTH, TaxiBJ, HKO-7, German radar RADOLAN), your own frame
 arrays, as LightningDataModules whose batches are tensors (B, T, C, H, W): uint8 (0..255) for 8-bit data,
 which :class:`convrnn.train.PredictionTask` divides by 255 on the device, else float32 in [0, 1]; radar
 batches are dicts ``{"frames", "mask"}``.  ``convrnn data NAME --root DIR`` checks a dataset folder."""
+from .folder import FolderDataModule
 from .frames import ArrayFrames, FramesDataModule, read_array
 from .hko7 import HKO7DataModule
 from .kth import KTHDataModule
@@ -27,6 +28,7 @@ __all__ = [
     "ArrayFrames",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "FolderDataModule",
     "FramesDataModule",
     "HKO7DataModule",
     "KTHDataModule",

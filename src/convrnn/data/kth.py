@@ -257,27 +257,33 @@ class KTHDataModule(WindowDataModule):
                                  "files nor <action>/person??_<action>_d?_uncomp/ frame folders")
         actions = set(self.settings["actions"])
         clips = read_clips(self.settings["clips"]) if self.settings["clips"] else None
-        out = {}
+        chosen = {}
         for split in splits:
             persons = self._persons(split)
-            chosen = [v for v in videos if v.person in persons and v.action in actions]
-            if not chosen and persons:
+            chosen[split] = [v for v in videos if v.person in persons and v.action in actions]
+            if not chosen[split] and persons:
                 raise self.not_found(f"no {layout} videos of persons {sorted(persons)} ({split} split) for the "
                                      f"actions {sorted(actions)}")
-            out[split] = self._windows(chosen, layout, clips)
-        return out
+        frames = self._frames(sorted({v.name: v for vs in chosen.values() for v in vs}.values(),
+                                     key=lambda v: v.name), layout)
+        return {split: self._windows(videos, None if layout == "jpeg" else [frames[v.name] for v in videos], clips)
+                for split, videos in chosen.items()}
 
-    def _windows(self, videos: list[Video], layout: str, clips) -> Windows:
-        arrays = None
+    def _frames(self, videos: list[Video], layout: str) -> dict:
+        """Per video name: its frame array (AVI, decoded once into the cache) or None (JPEG, read per window);
+        fills the videos' frame numbers."""
         if layout == "jpeg":
             for video in videos:
                 list_jpeg_frames(video)
                 if not video.frames:
                     raise self.bad_format(f"{video.path} holds no image_NNNN.jpg frames")
-        else:
-            arrays = self._decode_all(videos)
-            for video, array in zip(videos, arrays):
-                video.numbers = np.arange(1, len(array) + 1, dtype=np.int64)
+            return {v.name: None for v in videos}
+        arrays = self._decode_all(videos)
+        for video, array in zip(videos, arrays):
+            video.numbers = np.arange(1, len(array) + 1, dtype=np.int64)
+        return {v.name: a for v, a in zip(videos, arrays)}
+
+    def _windows(self, videos: list[Video], arrays: list | None, clips) -> Windows:
         segments, strides = [], []
         for v, video in enumerate(videos):
             stride = self.settings["strides"][video.action] or self.seq_len
@@ -285,7 +291,8 @@ class KTHDataModule(WindowDataModule):
                 segments.append((v, first, stop - first))
                 strides.append(stride)
         index = window_index([n for _, _, n in segments], self.seq_len, strides, self.settings["anchor"])
-        source = KTHFrames(videos, arrays, segments, as_size(self.settings["presize"]), as_size(self.settings["size"]))
+        size, presize = as_size(self.settings["size"]), as_size(self.settings["presize"])
+        source = KTHFrames(videos, arrays, segments, presize, size)
         return Windows(source, index, self.seq_len)
 
     def _decode_all(self, videos: list[Video]) -> list[np.ndarray]:

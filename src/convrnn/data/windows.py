@@ -149,9 +149,13 @@ class Windows(Dataset):
         item = self.source.window(int(segment), int(start), self.length)
         if isinstance(item, tuple):
             frames, mask = item
-            return {"frames": torch.from_numpy(np.ascontiguousarray(frames)),
-                    "mask": torch.from_numpy(np.ascontiguousarray(mask))}
-        return torch.from_numpy(np.ascontiguousarray(item))
+            return {"frames": _tensor(frames), "mask": _tensor(mask)}
+        return _tensor(item)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor of its own memory (a slice of a read-only memory map is copied)."""
+    return torch.from_numpy(np.require(array, requirements=["C", "W", "O"]))
 
 
 # -- frames ---------------------------------------------------------------------------------------
