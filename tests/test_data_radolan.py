@@ -13,7 +13,6 @@ from convrnn.metrics import ZR_DWD, SkillScores
 
 from formats import CLUTTER, NODATA, SECONDARY, radolan_name, write_radolan
 
-pytest.importorskip("wradlib")      # the test extra installs it; skipping would hide a broken install in CI
 T = dt.datetime
 SMALL = {"in_len": 2, "out_len": 2, "crop": False}   # False: no crop (the grid is 20 x 24)
 
@@ -131,3 +130,11 @@ def test_bad_folders_give_clear_errors(root, tmp_path):
         RadolanDataModule(str(junk), **SMALL).setup("test")
     with pytest.raises(ValueError, match="overlap"):
         RadolanDataModule(str(root), val_years=[2014, 2015], **SMALL)
+
+
+def test_without_wradlib_the_error_names_the_extra(root, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wradlib.io", None)     # as if wradlib were not installed
+    with pytest.raises(ImportError, match=r"pip install 'convrnn\[radar\]'"):
+        RadolanDataModule(str(root), **SMALL).setup("test")
