@@ -46,12 +46,14 @@ def write_avi(path: Path, numbers, size=(12, 16), codec: str = "ffv1") -> Path:
 
 
 def write_jpeg_video(folder: Path, numbers, size=(12, 16)) -> Path:
-    """A PredRNN-release video folder: image_NNNN.jpg, RGB, constant frames of value frame_value(n)."""
+    """A PredRNN-release video folder: image_NNNN.jpg, RGB, constant frames whose first (red) channel is
+    frame_value(n); green and blue differ (PredRNN reads the first channel)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     for n in numbers:
         image = np.full(size + (3,), frame_value(n), dtype=np.uint8)
+        image[..., 1], image[..., 2] = frame_value(n) + 60, frame_value(n) // 2
         Image.fromarray(image).save(folder / f"image_{n:04d}.jpg", quality=100)
     return folder
 
@@ -62,9 +64,11 @@ def taxibj_value(day: dt.date, slot: int, channel: int) -> float:
     return float(day.toordinal() % 1000) * 100 + slot + 0.25 * channel
 
 
-def write_taxibj(path: Path, days: list[dt.date], drop: dict | None = None, negative: tuple | None = None) -> Path:
+def write_taxibj(path: Path, days: list[dt.date], drop: dict | None = None, negative: tuple | None = None,
+                 spike: tuple | None = None) -> Path:
     """A BJxx_M32x32_T30_InOut.h5 with every slot of ``days`` except those in ``drop`` {day: [slots]};
-    pixel (0, 0) of each frame holds taxibj_value; ``negative`` = (row index, value) writes a negative flow."""
+    pixel (0, 0) of each frame holds taxibj_value; ``negative`` = (row index, value) writes a negative flow
+    at pixel (5, 5) of the inflow, ``spike`` = (row index, value) a flow at pixel (7, 7) of the outflow."""
     import h5py
 
     dates, frames = [], []
@@ -80,6 +84,8 @@ def write_taxibj(path: Path, days: list[dt.date], drop: dict | None = None, nega
     data = np.stack(frames)
     if negative is not None:
         data[negative[0], 0, 5, 5] = negative[1]
+    if spike is not None:
+        data[spike[0], 1, 7, 7] = spike[1]
     with h5py.File(path, "w") as h5:
         h5["data"] = data
         h5["date"] = np.array(dates)

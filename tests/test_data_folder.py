@@ -29,7 +29,7 @@ def numbers_of(window):
 
 
 def test_split_by_folder_with_images_and_videos(tmp_path):
-    write_pngs(tmp_path / "train" / "a", range(1, 8))                   # 7 frames -> 1 window of 4
+    write_pngs(tmp_path / "train" / "a", range(5, 12))                  # f5..f11: 7 frames -> 1 window of 4
     write_pngs(tmp_path / "train" / "b", range(21, 30))                 # 9 frames -> 2
     write_avi(tmp_path / "train" / "c.avi", range(41, 53), size=(6, 8))  # 12 frames -> 3
     write_pngs(tmp_path / "val" / "d", range(61, 66))                   # 5 -> 1
@@ -39,7 +39,7 @@ def test_split_by_folder_with_images_and_videos(tmp_path):
     assert info["splits"] == {"train": 6, "val": 1, "test": 2}
     assert (info["in_len"], info["out_len"], info["channels"], info["height"], info["width"]) == (2, 2, 1, 6, 8)
     windows = [numbers_of(dm.datasets["train"][i]) for i in range(6)]
-    assert windows == [[1, 2, 3, 4], [21, 22, 23, 24], [25, 26, 27, 28], [41, 42, 43, 44], [45, 46, 47, 48],
+    assert windows == [[5, 6, 7, 8], [21, 22, 23, 24], [25, 26, 27, 28], [41, 42, 43, 44], [45, 46, 47, 48],
                        [49, 50, 51, 52]]
     assert numbers_of(dm.datasets["test"][1]) == [5, 6, 7, 8]
     assert dm.datasets["train"][0].dtype == torch.uint8

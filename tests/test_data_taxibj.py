@@ -25,7 +25,8 @@ def root(tmp_path_factory):
     for name, days in DAYS.items():
         drop = {D(2013, 7, 3): [17]} if name == FILES[0] else None     # 2013-07-03 is incomplete
         negative = (10, -5.0) if name == FILES[1] else None             # a negative flow to clip
-        write_taxibj(root / name, days, drop, negative)
+        spike = (-1, 1e6) if name == FILES[3] else None                  # a huge flow in the test period
+        write_taxibj(root / name, days, drop, negative, spike)
     return root
 
 
@@ -73,7 +74,7 @@ def test_minmax_from_training_slots_and_denormalize(root):
     kept = [(d, s) for days in DAYS.values() for d in days if d != D(2013, 7, 3) for s in range(1, 49)]
     before = [(d, s) for d, s in kept if (d, s) < (D(2016, 4, 9), 42)]
     assert dm.flow_min == 0.0
-    assert dm.flow_max == max(taxibj_value(d, s, c) for d, s in before for c in (0, 1))
+    assert dm.flow_max == max(taxibj_value(d, s, c) for d, s in before for c in (0, 1))   # not the test spike
     first = dm.datasets["test"][0]
     assert first.dtype == torch.float32 and decode(dm, first)[0] == (D(2016, 4, 9), 42)
     flows = dm.denormalize(first.double())
