@@ -99,18 +99,18 @@ def ref_rgclstm(cell, x, state):
 
 
 def ref_gem(cell, x, state):
-    h, m = state
-    g, z, mc, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
+    h, e = state
+    g, z, ec, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
     g, z = sig(g), sig(z)
-    m = g * m + (1 - g) * tanh(mc)
-    h = z * tanh(m) + (1 - z) * tanh(hc)
-    return h, (h, m)
+    e = g * e + (1 - g) * tanh(ec)
+    h = z * tanh(e) + (1 - z) * tanh(hc)
+    return h, (h, e)
 
 
 REFS = {"convlstm": ref_convlstm, "convgru": ref_convgru, "convjanet": ref_convjanet,
         "rgclstm": ref_rgclstm, "gem": ref_gem}
 STATE_FIELDS = {"convlstm": ("h", "c"), "convgru": ("h",), "convjanet": ("h",), "rgclstm": ("h", "c"),
-                "gem": ("h", "m")}
+                "gem": ("h", "e")}
 
 
 def random_state(name, batch=2, size=SIZE):
@@ -125,7 +125,7 @@ def test_step_matches_equations(spec, variant, mode):
     x = torch.randn(2, CIN, *SIZE)
     zeros = tuple(torch.zeros(2, C, *SIZE) for _ in STATE_FIELDS[spec[1]])
     for state in (random_state(spec[1]), None):
-        h, new = cell(x, None if state is None else cell.init_state(x)._make(state))
+        h, new, _ = cell(x, None if state is None else cell.init_state(x)._make(state))
         h_ref, new_ref = ref(cell, x, zeros if state is None else state)
         assert new._fields == STATE_FIELDS[spec[1]]
         assert new.h is h
@@ -145,8 +145,8 @@ def test_random_state_matters():
 def test_gradients_reach_every_parameter(spec, variant, mode):
     cell = randomize(make(spec, variant, mode))
     x = torch.randn(2, CIN, *SIZE)
-    _, s = cell(x)
-    _, s = cell(x, s)  # second step: recurrent weights see a non-zero state
+    _, s, _ = cell(x)
+    _, s, _ = cell(x, s)  # second step: recurrent weights see a non-zero state
     sum(t.square().sum() for t in s).backward()
     for name, p in cell.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -227,7 +227,7 @@ def test_errors(spec):
     # channel-mode Hadamard and pure convolutions are resolution-free
     for variant, mode in (("ind", "channel"), ("conv", "position")):
         if not spec[2]:
-            h, _ = make(spec, variant, mode)(torch.randn(1, CIN, 8, 5))
+            h, _, _ = make(spec, variant, mode)(torch.randn(1, CIN, 8, 5))
             assert h.shape == (1, C, 8, 5)
 
 
@@ -297,7 +297,7 @@ def test_property_shapes_and_finite(spec, variant, mode, batch, cin, channels, h
     state = None
     for _ in range(2):
         x = torch.randn(batch, cin, height, width) * 3
-        h, state = cell(x, state)
+        h, state, _ = cell(x, state)
         assert h.shape == (batch, channels, height, width)
         assert state.h is h
         for t in state:

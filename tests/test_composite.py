@@ -88,7 +88,7 @@ def run_by_hand(m: CompositeModel, x, mask):
         layer_states = state or [None] * len(cells.cells)
         new = []
         for cell, s in zip(cells.cells, layer_states):
-            inp, s = cell(inp, s)
+            inp, s, _ = cell(inp, s)
             new.append(s)
         return inp, new
 

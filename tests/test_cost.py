@@ -121,14 +121,31 @@ class _LinearCell(Cell):
         self.proj = nn.Linear(2, 2)
 
 
-class _HookCell(_LinearCell):
-    def analytic_cost(self, height, width):
-        return {"params": 1, "mults": height * 1000 + width, "macs": 7}
+class _HookCell(Cell):
+    """A 2 -> 3 channel cell with a 3x3 convolution on a half-size map, a transposed convolution
+    back, and products the walker cannot see, declared by its hooks."""
+    gating_products = 2
+
+    def __init__(self):
+        super().__init__(2, 3)
+        self.small = nn.Conv2d(2, 3, 3, padding=1)
+        self.up = nn.ConvTranspose2d(3, 3, 4, stride=2, padding=1)
+        self.full = nn.Conv2d(2, 3, 1)
+
+    def map_sizes(self, height, width):
+        return {self.small: (height // 2, width // 2), self.up: (height // 2, width // 2)}
+
+    def extra_mults(self, height, width):
+        return height * 1000 + width
 
 
-def test_analytic_cost_hook_wins_and_opaque_modules_raise():
-    assert analytic_cell_cost(_HookCell(), 3, 4) == {"params": 1, "mults": 3004, "macs": 7}
-    with pytest.raises(ValueError, match="_LinearCell.proj is a Linear.*analytic_cost"):
+def test_cost_hooks_size_maps_add_extra_products_and_opaque_modules_raise():
+    h, w = 6, 4
+    params = (3 * 2 * 9 + 3) + (3 * 3 * 16 + 3) + (3 * 2 + 3)
+    macs = (3 * 2) * 9 * 2 * 3 + (3 * 2) * 16 * 3 * 3 + (6 * 4) * 1 * 2 * 3   # half, half (input), full
+    mults = macs + 2 * 3 * h * w + (h * 1000 + w)
+    assert analytic_cell_cost(_HookCell(), h, w) == {"params": params, "mults": mults, "macs": macs}
+    with pytest.raises(ValueError, match="_LinearCell.proj is a Linear.*extra_mults"):
         analytic_cell_cost(_LinearCell(), 3, 4)
 
 
@@ -157,9 +174,9 @@ def test_analytic_equals_measured(name, variant, mode, kw):
     assert cost["mults"] == cost["mults_measured"]
     assert cost["params"] == sum(p.numel() for p in cell.parameters())
     x = torch.randn(1, 4, 8, 8)
-    extra = {"memory": torch.randn(1, 4, 8, 8)} if cell.zigzag else {}
+    m = torch.randn(1, 4, 8, 8) if cell.zigzag else None
     with torch.no_grad():
-        assert count_ops(cell, x, None, **extra).macs == cost["macs"]
+        assert count_ops(cell, x, None, m).macs == cost["macs"]
 
 
 def test_the_seed_cells_are_registered():

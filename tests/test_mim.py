@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from convrnn import create_cell, create_model
 from convrnn.cells.motionrnn import MotionGRU, neighbourhood_warp, warp
-from convrnn.cost import count_ops
+from convrnn.cost import analytic_cell_cost, count_ops
 from convrnn.registry import cell_entry
 import helpers
 from helpers import Count, hadamard_blocks, in_blocks, rec_blocks, train_losses
@@ -52,8 +52,8 @@ def ref_mim_s(cell, d, c, s):
 
 
 def ref_mim(cell, x, state, memory):
-    h, c, _, n, s, x_prev = state
-    d, n = ref_mim_n(cell, x - x_prev, n)
+    h, c, _, n, s, prev_input = state
+    d, n = ref_mim_n(cell, x - prev_input, n)
     t, s = ref_mim_s(cell, d, c, s)
     xi, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 6)
     ui, uo, ug = rec_blocks(cell.uh, h)
@@ -81,9 +81,9 @@ def test_mim_block_step_matches_equations(variant, mode):
     cell = randomize(make(variant=variant, mode=mode, cin=3))
     x, memory = torch.randn(2, 3, *SIZE), torch.randn(2, C, *SIZE)
     state = cell.init_state(x)._make(states(cin=3))
-    h, new = cell(x, state, memory=memory)
+    h, new, _ = cell(x, state, memory)
     h_ref, new_ref = ref_mim(cell, x, state, memory)
-    assert new._fields == ("h", "c", "m", "n", "s", "x_prev") and new.h is h
+    assert new._fields == ("h", "c", "m", "n", "s", "prev_input") and new.h is h
     torch.testing.assert_close(h, h_ref)
     for got, want in zip(new, new_ref, strict=True):
         torch.testing.assert_close(got, want)
@@ -95,17 +95,17 @@ def test_mim_uses_the_input_difference_and_first_step_is_zero_difference():
     cell = randomize(make())
     x = torch.randn(2, C, *SIZE)
     zeros = [torch.zeros(2, C, *SIZE)] * 5
-    _, first = cell(x)  # state None: x_{t-1} := x, so δ_0 = 0 (not x - 0)
-    assert torch.equal(first.x_prev, x)
+    _, first, _ = cell(x)  # state None: x_{t-1} := x, so δ_0 = 0 (not x - 0)
+    assert torch.equal(first.prev_input, x)
     want_n = ref_mim_n(cell, torch.zeros_like(x), zeros[0])[1]
     torch.testing.assert_close(first.n, want_n)
     against_zero = cell(x, cell.init_state(x)._make(zeros + [torch.zeros_like(x)]))[1].n
     assert not torch.allclose(first.n, against_zero)
-    # the second step differences against the first input: only x - x_prev reaches MIM-N
+    # the second step differences against the first input: only x - prev_input reaches MIM-N
     y = torch.randn_like(x)
-    _, second = cell(y, first)
+    _, second, _ = cell(y, first)
     torch.testing.assert_close(second.n, ref_mim_n(cell, y - x, first.n)[1])
-    shifted = first._replace(x_prev=x + 1.0)
+    shifted = first._replace(prev_input=x + 1.0)
     assert not torch.allclose(cell(y, shifted)[1].n, second.n)
 
 
@@ -172,8 +172,8 @@ def test_motionrnn_step_is_motiongru_then_mim_block_plus_highway():
     mim_state = states()
     f, d = torch.randn(2, 18, 3, 4), torch.randn(2, 18, 3, 4)
     state = cell.init_state(x)._make(mim_state + [f, d])
-    h, new = cell(x, state, memory=memory)
-    assert new._fields == ("h", "c", "m", "n", "s", "x_prev", "f", "d") and new.h is h
+    h, new, _ = cell(x, state, memory)
+    assert new._fields == ("h", "c", "m", "n", "s", "prev_input", "f", "d") and new.h is h
     xm, f_ref, d_ref = cell.motion(x, f, d)
     # the MIM block runs on X = MotionGRU(x); MIM-N differences the raw input x
     h_blk, (_, c, m, n, s, _) = ref_mim(cell, xm, mim_state[:5] + [mim_state[5] - x + xm], memory)
@@ -189,8 +189,8 @@ def test_motionrnn_step_is_motiongru_then_mim_block_plus_highway():
 def test_gradients_reach_every_parameter(name, variant, mode):
     cell = randomize(make(name, variant=variant, mode=mode))
     x = torch.randn(2, C, *SIZE)
-    _, s = cell(x)
-    _, s = cell(torch.randn_like(x), s)  # second step: non-zero difference, states and offsets
+    _, s, _ = cell(x)
+    _, s, _ = cell(torch.randn_like(x), s)  # second step: non-zero difference, states and offsets
     sum(t.square().sum() for t in s).backward()
     for pname, p in cell.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
@@ -246,7 +246,7 @@ def test_models_train(name, scales):
 @needs_predrnn
 @pytest.mark.parametrize("variant,mode", [("indconv", "position"), ("ind", "channel")])
 def test_hadamard_variants_run_in_the_pyramid(variant, mode):
-    model = create_model("motionrnn", layers=4, scales=(1, 0.5, 0.5, 1), cell_kw={"recurrent": variant,
+    model = create_model("motionrnn_net", layers=4, scales=(1, 0.5, 0.5, 1), cell_kw={"recurrent": variant,
                                                                                  "hadamard": mode}, **TINY)
     assert model.cells[1].uh.n_hadamard == (2 if variant == "indconv" else 3)
     out = model(torch.rand(2, 6, 1, 16, 16)).outputs
@@ -266,7 +266,7 @@ def test_all_mim_stack_without_predrnn():
 def test_mim_runtime_products_equal_declared(variant, mode):
     cell = make(variant=variant, mode=mode)
     x = torch.randn(2, C, *SIZE)
-    n = count_ops(cell, x, cell.init_state(x)._make(states()), memory=torch.randn(2, C, *SIZE))
+    n = count_ops(cell, x, cell.init_state(x)._make(states()), torch.randn(2, C, *SIZE))
     assert cell.gating_products == 10
     assert n.products == (cell.gating_products + hadamard_blocks(cell)) * 2 * C * SIZE[0] * SIZE[1]
 
@@ -277,7 +277,7 @@ def test_motionrnn_analytic_cost_matches_runtime(variant, mode):
     x = torch.randn(1, C, 8, 8)
     with Count() as n:
         cell(x)
-    cost = cell.analytic_cost(8, 8)
+    cost = analytic_cell_cost(cell, 8, 8)
     mg = cell.motion
     bilinear = 4 * mg.hidden * mg.k ** 2 * 16
     assert cost["macs"] == n.macs
@@ -289,12 +289,12 @@ def test_motionrnn_analytic_cost_matches_runtime(variant, mode):
 
 
 def test_cell_cost_uses_the_analytic_count():
-    """convrnn.cost.cell_cost must use a cell's own analytic_cost for MotionRNN (its
-    grid_sample hides multiplications from a walker) and count MIM's parameters exactly."""
+    """convrnn.cost.cell_cost reports the walker's count with MotionRNN's hooks (its grid_sample and
+    half-size maps hide multiplications from the walker) and counts MIM's parameters exactly."""
     from convrnn.cost import cell_cost
     motion = make("motionrnn", size=(8, 8))
     got = cell_cost(motion, 8, 8)
-    want = motion.analytic_cost(8, 8)
+    want = analytic_cell_cost(motion, 8, 8)
     assert {k: got[k] for k in want} == want
     assert got["mults"] == got["mults_measured"]
     mim = make("mim", size=(8, 8))
@@ -312,18 +312,18 @@ def test_errors():
         cell(torch.randn(1, 4, 5, 8))
     mim = create_cell("mim", in_channels=4, channels=4)
     with pytest.raises(ValueError, match="zig-zag memory M of shape"):
-        mim(torch.randn(1, 4, 8, 8), memory=torch.randn(1, 4, 4, 4))
+        mim(torch.randn(1, 4, 8, 8), None, torch.randn(1, 4, 4, 4))
     with pytest.raises(ValueError, match="built for 4 input channels"):
         mim(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="fixes its cells"):
-        create_model("mim", cell="convlstm", **TINY)
+        create_model("mim_net", cell="convlstm", **TINY)
     with pytest.raises(ValueError, match="needs layers >= 2"):
-        create_model("motionrnn", layers=1, **TINY)
+        create_model("motionrnn_net", layers=1, **TINY)
 
 
 @needs_predrnn
 def test_motionrnn_pyramid_needs_sizes_divisible_by_8():
     kw = {**TINY, "frame_size": (20, 20)}
-    create_model("mim", layers=6, scales=(1, 0.5, 0.25, 0.25, 0.5, 1), **kw)  # 20 / 4: fine for MIM
+    create_model("mim_net", layers=6, scales=(1, 0.5, 0.25, 0.25, 0.5, 1), **kw)  # 20 / 4: fine for MIM
     with pytest.raises(ValueError, match="smallest valid size is 24x24"):
-        create_model("motionrnn", layers=6, scales=(1, 0.5, 0.25, 0.25, 0.5, 1), **kw)
+        create_model("motionrnn_net", layers=6, scales=(1, 0.5, 0.25, 0.25, 0.5, 1), **kw)

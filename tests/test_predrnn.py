@@ -80,7 +80,7 @@ def test_stlstm_step_matches_equations(name, variant, mode):
     cell = make(name, variant, mode)
     x, h, c, m, m_below = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     state = cell.init_state(x)._replace(h=h, c=c, m=m)
-    out, new = cell(x, state, memory=m_below)
+    out, new, _ = cell(x, state, m_below)
     want = ref_stlstm(cell, x, h, c, m_below)  # M comes from below, not from the cell's own state
     assert torch.allclose(out, want[0], atol=1e-5)
     for got, ref in zip(new, want):
@@ -93,23 +93,23 @@ def test_stlstm_step_matches_equations(name, variant, mode):
 def test_causal_lstm_step_matches_equations(variant, mode, o_from_h):
     cell = make("predrnnpp", variant, mode, o_from_h=o_from_h)
     x, h, c, m = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(3))
-    out, new = cell(x, cell.init_state(x)._replace(h=h, c=c), memory=m)
+    out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
     want = ref_causal(cell, x, h, c, m)
     assert torch.allclose(out, want[0], atol=1e-5)
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(new[:3], want))
-    assert new.z is None
+    assert new.h_lstm is None
 
 
 @pytest.mark.parametrize("variant,mode", VARIANTS)
 def test_gradient_highway_matches_equations(variant, mode):
     cell = make("predrnnpp", variant, mode, highway=True)
     x, h, c, m, z = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
-    out, new = cell(x, cell.init_state(x)._replace(h=h, c=c, z=z), memory=m)
+    out, new, _ = cell(x, cell.init_state(x)._replace(h=z, c=c, h_lstm=h), m)   # h: the output z_{t-1}
     h_t, c_t, m_t = ref_causal(cell, x, h, c, m)
     z_t = ref_ghu(cell, h_t, z)
     assert torch.allclose(out, z_t, atol=1e-5)        # the next layer reads z_t ...
-    assert torch.allclose(new.z, z_t, atol=1e-5)
-    assert torch.allclose(new.h, h_t, atol=1e-5)      # ... the Causal LSTM keeps its own h_t
+    assert new.h is out                               # ... which is the state's output field
+    assert torch.allclose(new.h_lstm, h_t, atol=1e-5)  # ... the Causal LSTM keeps its own h_t
     assert torch.allclose(new.m, m_t, atol=1e-5) and torch.allclose(new.c, c_t, atol=1e-5)
 
 
@@ -117,32 +117,32 @@ def test_cell_without_memory_feeds_back_its_own_m_then_zeros():
     cell = make("predrnn")
     x, m = rand(1, CIN, *SIZE), rand(1, C, *SIZE)
     state = cell.init_state(x)._replace(m=m)
-    assert torch.equal(cell(x, state)[0], cell(x, state, memory=m)[0])
-    assert torch.equal(cell(x)[0], cell(x, None, memory=torch.zeros(1, C, *SIZE))[0])
+    assert torch.equal(cell(x, state)[0], cell(x, state, m)[0])
+    assert torch.equal(cell(x)[0], cell(x, None, torch.zeros(1, C, *SIZE))[0])
 
 
-def test_forget_bias_added_to_f_and_f_prime_only():
+@pytest.mark.parametrize("name, forget_blocks", [("predrnn", (1, 5)), ("predrnnpp", (1, 4))])
+def test_forget_bias_sets_f_and_f_prime_only(name, forget_blocks):
+    """Input blocks: ST-LSTM (i, f, o, g, i', f', g'), Causal LSTM (i, f, g, i', f', o, g')."""
     torch.manual_seed(1)
-    a = create_cell("predrnn", in_channels=CIN, channels=C, forget_bias=0.0)
+    a = create_cell(name, in_channels=CIN, channels=C, forget_bias=0.0)   # 0: the default initialisation
     torch.manual_seed(1)
-    b = create_cell("predrnn", in_channels=CIN, channels=C)  # default 1.0
-    diff = (b.wx.bias - a.wx.bias).view(7, C)
-    assert torch.allclose(diff, torch.tensor([0, 1, 0, 0, 0, 1, 0.0]).unsqueeze(1).expand(7, C))
-    torch.manual_seed(1)
-    p0 = create_cell("predrnnpp", in_channels=CIN, channels=C, forget_bias=0.0)
-    torch.manual_seed(1)
-    p1 = create_cell("predrnnpp", in_channels=CIN, channels=C)
-    diff = (p1.wx.bias - p0.wx.bias).view(7, C)
-    assert torch.allclose(diff, torch.tensor([0, 1, 0, 0, 1, 0, 0.0]).unsqueeze(1).expand(7, C))
+    b = create_cell(name, in_channels=CIN, channels=C)                    # default 1.0
+    before, after = a.wx.bias.view(7, C), b.wx.bias.view(7, C)
+    for block in range(7):
+        if block in forget_blocks:
+            assert torch.equal(after[block], torch.ones(C))
+        else:
+            assert torch.equal(after[block], before[block])
 
 
 def test_bad_memory_shape_is_a_clear_error():
     cell = make("predrnn")
     x = rand(2, CIN, *SIZE)
     with pytest.raises(ValueError, match="zig-zag memory M of shape"):
-        cell(x, memory=rand(2, C + 1, *SIZE))
+        cell(x, None, rand(2, C + 1, *SIZE))
     with pytest.raises(ValueError, match="zig-zag memory M of shape"):
-        make("predrnnpp")(x, memory=rand(2, C, 3, 3))
+        make("predrnnpp")(x, None, rand(2, C, 3, 3))
 
 
 def test_per_position_hadamard_needs_the_state_size():
@@ -247,7 +247,7 @@ def test_memory_zigzags_from_layer_one_into_layer_two(name):
     model = tiny(name, layers=2)
     seen = {}
     hook = model.cells[1].register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.update(m=kwargs["memory"]), with_kwargs=True)
+        lambda mod, args: seen.update(m=args[2]))
     frame = torch.rand(2, 1, 16, 16)
     _, state = model.step(frame, None)
     assert torch.equal(seen["m"], state.layers[0].m)  # layer 2 reads exactly layer 1's new M
@@ -259,7 +259,7 @@ def test_memory_zigzags_from_layer_one_into_layer_two(name):
     assert not torch.allclose(a.layers[1].h, b.layers[1].h)
     cell1, cell2 = model.cells
     x1, x2 = rand(2, 1, 16, 16), rand(2, 4, 16, 16)
-    h2 = [cell2(x2, state.layers[1], memory=cell1(x1, state.layers[0], memory=m)[1].m)[0]
+    h2 = [cell2(x2, state.layers[1], cell1(x1, state.layers[0], m)[1].m)[0]
           for m in (state.m, state.m + 1.0)]
     assert not torch.allclose(*h2)
 
@@ -306,7 +306,7 @@ CELL_SPECS = [("predrnn", {}), ("predrnnv2", {}), ("predrnnpp", {}), ("predrnnpp
 def test_runtime_products_equal_gating_products_plus_hadamard(name, kw, variant, mode):
     cell = make(name, variant, mode, **kw)
     x = rand(2, CIN, *SIZE)
-    counter = count_ops(cell, x, cell.init_state(x), memory=rand(2, C, *SIZE))
+    counter = count_ops(cell, x, cell.init_state(x), rand(2, C, *SIZE))
     n_had = hadamard_blocks(cell)
     assert counter.products == (cell.gating_products + n_had) * 2 * C * SIZE[0] * SIZE[1]
 

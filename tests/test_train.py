@@ -22,8 +22,11 @@ from torch.utils.data import DataLoader
 
 from convrnn.models.base import Prediction
 from convrnn.schedules import SCHEDULES
-from convrnn.train import (AtomicCheckpointIO, NonFiniteLossError, PredictionTask, cli_main, existing_best,
-                           frame_loss)
+from convrnn.checkpoints import AtomicCheckpointIO
+from convrnn.lightning_cli import cli_main
+from convrnn.losses import frame_loss
+from convrnn.runs import existing_best
+from convrnn.train import NonFiniteLossError, PredictionTask
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
               pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from convrnn import create_cell, create_model
-from convrnn.cost import cell_cost
+from convrnn.cost import analytic_cell_cost, cell_cost
 from convrnn.cells.trajgru import warp_links
 
 from helpers import Count, moving_square, train_losses
@@ -102,7 +102,7 @@ def ref_step(cell, x, h):
 def test_step_against_hand_computation(variant, mode):
     cell = randomize(make(variant, mode))
     x, h = torch.randn(2, CIN, *SIZE), torch.randn(2, C, *SIZE)
-    out, state = cell(x, cell.init_state(x)._make([h]))
+    out, state, _ = cell(x, cell.init_state(x)._make([h]))
     torch.testing.assert_close(out, ref_step(cell, x, h), atol=1e-5, rtol=1e-5)
     assert state.h is out
     kinds = {"conv": ("conv",) * 3, "indconv": ("hadamard", "hadamard", "conv"), "ind": ("hadamard",) * 3}
@@ -113,7 +113,7 @@ def test_flows_start_at_zero_and_first_step_is_a_gru_on_h():
     cell = make()
     x, h = torch.randn(2, CIN, *SIZE), torch.randn(2, C, *SIZE)
     assert cell.flows(x, h).abs().max() == 0   # warp = identity at initialisation
-    out, _ = cell(x, cell.init_state(x)._make([h]))
+    out, _, _ = cell(x, cell.init_state(x)._make([h]))
     # with zero flows every link sees h itself: the 1x1 projection acts on L copies of h
     w = cell.uh.conv.weight.view(3 * C, C, L).sum(-1, keepdim=True).unsqueeze(-1)
     uz, ur, uh = conv(h, w).chunk(3, 1)
@@ -125,10 +125,10 @@ def test_flows_start_at_zero_and_first_step_is_a_gru_on_h():
 def test_zero_state_default_and_sequence():
     cell = randomize(make())
     x = torch.randn(2, CIN, *SIZE)
-    a, s = cell(x)
-    b, _ = cell(x, cell.init_state(x))
+    a, s, _ = cell(x)
+    b, _, _ = cell(x, cell.init_state(x))
     torch.testing.assert_close(a, b)
-    c, _ = cell(x, s)
+    c, _, _ = cell(x, s)
     assert c.shape == (2, C, *SIZE) and not torch.allclose(a, c)
 
 
@@ -149,7 +149,7 @@ def test_analytic_cost_matches_runtime_count(variant, mode):
     per_map = C * SIZE[0] * SIZE[1]
     n_had = cell.uh.n_hadamard
     assert n.products == (cell.gating_products + n_had * L) * per_map  # r⊙·, (1-z)⊙h~, z⊙h + link products
-    cost = cell.analytic_cost(*SIZE)
+    cost = analytic_cell_cost(cell, *SIZE)
     assert cost["macs"] == n.macs
     assert cost["mults"] == n.macs + n.products + 4 * L * per_map   # + bilinear sampling inside grid_sample
     assert cost["params"] == sum(p.numel() for p in cell.parameters())
@@ -160,7 +160,7 @@ def test_cell_cost_uses_the_analytic_count_and_measures_the_same():
     (which sees inside grid_sample) agrees."""
     cell = make("indconv")
     got = cell_cost(cell, *SIZE)
-    want = cell.analytic_cost(*SIZE)
+    want = analytic_cell_cost(cell, *SIZE)
     assert {k: got[k] for k in want} == want
     assert got["mults_measured"] == want["mults"]
 
@@ -169,8 +169,8 @@ def test_cell_cost_uses_the_analytic_count_and_measures_the_same():
 def test_gradients_reach_every_parameter():
     cell = randomize(make("indconv", "channel"))
     x = torch.randn(2, CIN, *SIZE)
-    h, s = cell(x)
-    h, _ = cell(torch.randn(2, CIN, *SIZE), s)
+    h, s, _ = cell(x)
+    h, _, _ = cell(torch.randn(2, CIN, *SIZE), s)
     h.square().sum().backward()
     missing = [n for n, p in cell.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
@@ -179,8 +179,8 @@ def test_gradients_reach_every_parameter():
 def test_zero_initialised_flows_still_receive_gradient():
     cell = make()
     x = torch.randn(2, CIN, *SIZE)
-    _, s = cell(x)
-    h, _ = cell(x, s._replace(h=torch.randn(2, C, *SIZE)))
+    _, s, _ = cell(x)
+    h, _, _ = cell(x, s._replace(h=torch.randn(2, C, *SIZE)))
     h.square().sum().backward()
     assert cell.flow_out.weight.grad.abs().sum() > 0 and cell.flow_out.bias.grad.abs().sum() > 0
 

@@ -3,19 +3,20 @@
 Two independent counts that must agree (``tests/test_cost.py`` checks them for every registered cell):
 
 - **analytic** (:func:`analytic_cell_cost`), from the module's structure, the way the seeds count
-  (reference/cells.md §4), for ONE step of ONE sample with an H x W state:
+  (docs/cost.md), for ONE step of ONE sample with an H x W state:
 
   * every ``nn.Conv2d``: ``MACs = H_out W_out k_h k_w (C_in / groups) C_out`` (output size from the
-    convolution's stride/padding/dilation applied to H x W: the state size for "same" padding);
+    convolution's stride/padding/dilation applied to its input map: the state size H x W unless the
+    cell's ``map_sizes(H, W)`` names another size for that module); every ``nn.ConvTranspose2d``:
+    ``MACs = H_in W_in k_h k_w C_in (C_out / groups)`` (its input size from ``map_sizes``);
   * every Hadamard-type parameter (a parameter of a non-convolution module with >= 3 dimensions:
     ``RecurrentOp.weight`` of shape (n, C, H|1, W|1), ConvLSTM's peepholes (3, C, H, W)):
     ``n C H W`` products, at the state size whether the weight is per position or per channel;
   * ``cell.gating_products * C H W`` products of two signals (f ⊙ c, i ⊙ g, o ⊙ tanh c ...);
-  * ``mults = conv MACs + Hadamard products + gating products``; ``macs`` = the convolution MACs.
-
-  A cell whose work the walker cannot see (attention, ``grid_sample``, convolutions on maps of
-  another size) defines ``analytic_cost(height, width) -> {'params', 'mults', 'macs'}``; when present
-  it is used instead of the walker (TrajGRU, MotionRNN and PrecipLSTM do).
+  * ``cell.extra_mults(H, W)`` when the cell defines it: products the walker cannot see (local
+    attention in PrecipLSTM, bilinear sampling in TrajGRU and MotionRNN, MotionGRU's products on
+    half-size maps);
+  * ``mults = conv MACs + Hadamard products + gating products + extra``; ``macs`` = the convolution MACs.
 
 - **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
   ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
@@ -31,18 +32,16 @@ sequence (all ``in_len + out_len - 1`` steps of one sample), encoder/decoder (co
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .registry import create_cell
 
 aten = torch.ops.aten
 
@@ -115,7 +114,7 @@ def count_ops(fn, *args, **kw) -> Counts:
 # -- analytic counts ---------------------------------------------------------------------------
 
 _OPAQUE = (nn.Linear, nn.Bilinear, nn.MultiheadAttention, nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d,
-           nn.ConvTranspose2d, nn.ConvTranspose3d, nn.RNNBase, nn.RNNCellBase)
+           nn.ConvTranspose3d, nn.RNNBase, nn.RNNCellBase)
 
 
 def _conv_out(size: int, i: int, conv: nn.Conv2d) -> int:
@@ -132,25 +131,30 @@ def conv2d_macs(conv: nn.Conv2d, height: int, width: int) -> int:
 
 def analytic_cell_cost(cell: nn.Module, height: int, width: int) -> dict:
     """Parameters, multiplications and MACs of one step of ``cell``, batch 1, H x W state, counted
-    from its structure (module docstring; reference/cells.md §4).  Uses ``cell.analytic_cost`` when
-    the cell defines it."""
-    if hasattr(cell, "analytic_cost"):
-        return {k: int(v) for k, v in cell.analytic_cost(height, width).items()}
+    from its structure (module docstring; docs/cost.md), with the cell's hooks ``map_sizes`` and
+    ``extra_mults`` for what the structure does not show."""
     hw = height * width
+    sizes = cell.map_sizes(height, width) if hasattr(cell, "map_sizes") else {}
     macs = hadamard = 0
     for name, mod in cell.named_modules():
         if isinstance(mod, _OPAQUE):
             raise ValueError(  # noqa: TRY004 - a cell the walker cannot count, not a wrong argument type
                 f"{type(cell).__name__}.{name} is a {type(mod).__name__}, which the analytic counter "
-                "cannot size; give the cell an analytic_cost(height, width) method")
+                "cannot size; count its products in the cell's extra_mults(height, width) instead")
+        h_in, w_in = sizes.get(mod, (height, width))
+        if isinstance(mod, nn.ConvTranspose2d):
+            macs += h_in * w_in * mod.weight.numel()
+            continue
         if isinstance(mod, nn.Conv2d):
-            macs += conv2d_macs(mod, height, width)
+            macs += conv2d_macs(mod, h_in, w_in)
             continue
         for p in mod.parameters(recurse=False):
             if p.dim() >= 3:  # Hadamard weight (..., H|1, W|1): one product per state element
                 hadamard += math.prod(p.shape[:-2]) * hw
     gating = cell.gating_products * cell.channels * hw
-    return {"params": sum(p.numel() for p in cell.parameters()), "mults": macs + hadamard + gating, "macs": macs}
+    extra = int(cell.extra_mults(height, width)) if hasattr(cell, "extra_mults") else 0
+    return {"params": sum(p.numel() for p in cell.parameters()), "mults": macs + hadamard + gating + extra,
+            "macs": macs}
 
 
 def _random_like(state: Any) -> Any:
@@ -174,9 +178,9 @@ def cell_cost(cell: nn.Module, height: int, width: int, batch: int = 1) -> dict:
         raise ValueError(f"batch, height and width must be positive, got {batch}, {height}, {width}")
     x = torch.randn(batch, cell.in_channels, height, width)
     state = _random_like(cell.init_state(x))
-    kw = {"memory": torch.randn(batch, cell.channels, height, width)} if getattr(cell, "zigzag", False) else {}
+    m = torch.randn(batch, cell.channels, height, width) if getattr(cell, "zigzag", False) else None
     with torch.no_grad():
-        counts = count_ops(cell, x, state, **kw)
+        counts = count_ops(cell, x, state, m)
     analytic = analytic_cell_cost(cell, height, width)
     return {"params": analytic["params"], "mults": analytic["mults"],
             "mults_measured": counts.mults // batch, "macs": analytic["macs"]}
@@ -236,7 +240,7 @@ def model_cost(model: nn.Module, batch: int = 1) -> dict:
             "mults": counts.mults // batch, "activation_bytes": saved.total // batch}
 
 
-# -- the reference table (reference/cells.md §4) -----------------------------------------------
+# -- the reference table (docs/cost.md) --------------------------------------------------------
 
 REFERENCE_CELLS = (("LSTM", "convlstm"), ("GRU", "convgru"), ("JANET", "convjanet"), ("GEM", "gem"))
 VARIANT_NAMES = (("Conv", "conv"), ("ConvIndConv", "indconv"), ("ConvInd", "ind"))
@@ -249,7 +253,6 @@ def reference_table(channels: int = 64, kernel: int = 3, size: int = 16) -> list
     Each row: ``cell``, ``variant``, ``params``, ``mults``, ``macs`` and their reductions
     ``dparams``, ``dmults``, ``dmacs`` in percent of the cell's Conv variant (None on that row).
     """
-    from .registry import create_cell
     rows = []
     for label, name in REFERENCE_CELLS:
         base = None
@@ -275,98 +278,3 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['cell']} | {r['variant']} | {r['params'] / 1e3:.1f} | {r['mults'] / 1e6:.2f} | "
                      f"{r['macs'] / 1e6:.2f} | {pct(r['dparams'])} | {pct(r['dmults'])} | {pct(r['dmacs'])} |")
     return "\n".join(lines)
-
-
-# -- the ``convrnn cost`` command ----------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="convrnn cost",
-        description="Parameters and multiplications of one cell step (batch 1), or of a whole model "
-                    "over one sequence (--config).  1 MAC = 2 FLOPs; mults = MACs + elementwise products.")
-    p.add_argument("cell", nargs="?", metavar="CELL", help="registered cell name (convrnn models lists them)")
-    p.add_argument("--variant", choices=("conv", "indconv", "ind"),
-                   help="recurrent terms: conv, Hadamard in the gates (indconv) or everywhere (ind)")
-    p.add_argument("--hadamard", choices=("position", "channel"), default="position",
-                   help="Hadamard weights per position (C x H x W, default) or per channel (C)")
-    p.add_argument("--in-channels", type=int, metavar="N", help="C_x (default: --channels)")
-    p.add_argument("--channels", type=int, default=64, metavar="N", help="C (default 64)")
-    p.add_argument("--kernel", type=int, default=3, metavar="K", help="k (default 3)")
-    p.add_argument("--height", type=int, default=16, metavar="H", help="state height (default 16)")
-    p.add_argument("--width", type=int, default=16, metavar="W", help="state width (default 16)")
-    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="training YAML: cost of its model over one sequence")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch used to measure a --config model (default 1)")
-    p.add_argument("--table", action="store_true", help="print the reference table (reference/cells.md §4)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
-
-
-def load_model_config(path: Path) -> dict:
-    """The model dict of a YAML config: ``model.net`` (training config) or ``model`` itself."""
-    import yaml
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} not found")
-    cfg = yaml.safe_load(path.read_text())
-    model = cfg.get("model") if isinstance(cfg, dict) else None
-    if isinstance(model, dict) and isinstance(model.get("net"), dict):
-        return model["net"]
-    if isinstance(model, dict) and "name" in model:
-        return model
-    raise ValueError(f"{path}: expected a 'model:' section holding 'net: {{name: stack, ...}}' or the model "
-                     "dict itself ({name: stack, cell: convlstm, ...})")
-
-
-def _single_cell(a) -> dict:
-    from .registry import create_cell
-    for flag in ("in_channels", "channels", "kernel", "height", "width"):
-        value = getattr(a, flag)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    kw = {"in_channels": a.channels if a.in_channels is None else a.in_channels, "channels": a.channels, "kernel": a.kernel,
-          "hadamard": a.hadamard, "size": (a.height, a.width)}
-    if a.variant:
-        kw["recurrent"] = a.variant
-    cell = create_cell(a.cell, **kw)
-    return cell_cost(cell, a.height, a.width)
-
-
-def _print(result: dict, as_json: bool, header: str) -> None:
-    if as_json:
-        print(json.dumps(result))
-        return
-    print(header)
-    for key, value in result.items():
-        print(f"  {key:16s} {value:>16,d}")
-
-
-def main(argv: list[str]) -> int:
-    """``convrnn cost CELL [options] | --config FILE.yaml [--batch N] | --table`` (see --help)."""
-    p = _parser()
-    a = p.parse_args(argv)
-    chosen = [bool(a.cell), a.config is not None, a.table]
-    if sum(chosen) != 1:
-        p.error("give exactly one of CELL, --config FILE.yaml or --table")
-    if a.batch != 1 and a.config is None:
-        p.error("--batch applies to --config only (cell counts are per sample)")
-    try:
-        if a.table:
-            print(format_table(reference_table()))
-        elif a.config is not None:
-            from .registry import model_from_config
-            model = model_from_config(load_model_config(a.config))
-            _print(model_cost(model, a.batch), a.json,
-                   f"{a.config}: per sequence ({model.in_len}+{model.out_len} frames, teacher forcing), "
-                   "codec included; MACs = conv/matmul, mults = MACs + elementwise products")
-        else:
-            _print(_single_cell(a), a.json,
-                   f"{a.cell}: one step, batch 1, {a.height}x{a.width} state; macs = conv MACs (1 MAC = 2 FLOPs), "
-                   "mults = MACs + Hadamard + gating products")
-    except KeyError as e:  # unknown cell / model names
-        p.error(e.args[0] if e.args else str(e))
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(sys.argv[1:]))

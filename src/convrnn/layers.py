@@ -1,6 +1,6 @@
 """Shared building blocks of every cell: the recurrent operator, input convolutions, shape checks.
 
-The seeds' central idea (Vazhenina & Kanemura 2019/2021, reference/cells.md §1) is that the
+The seeds' central idea (Vazhenina & Kanemura 2019/2021, docs/models.md §1) is that the
 recurrent term ``U * h`` of a block (a gate or a candidate) may be replaced by a Hadamard product
 ``U ⊙ h``.  :class:`RecurrentOp` computes the recurrent terms of several blocks at once, each block
 being either a convolution or a Hadamard product, so every cell gets every variant for free.
@@ -30,7 +30,7 @@ def _pair(size) -> tuple[int, int] | None:
 
 def block_kinds(variant: str, gates: int, candidates: int) -> tuple[str, ...]:
     """Kinds ('conv' or 'hadamard') of the recurrent terms of ``gates`` gate blocks followed by
-    ``candidates`` candidate blocks under a variant (reference/cells.md §1):
+    ``candidates`` candidate blocks under a variant (docs/models.md §1):
 
     - ``conv``    (Conv*):        every recurrent term is a convolution;
     - ``indconv`` (ConvIndConv*): Hadamard in the gates, convolution in the candidates;
@@ -51,26 +51,35 @@ class RecurrentOp(nn.Module):
     convolution).  Hadamard weights are per position, ``U ∈ R^{C x H x W}`` (the seeds' convention,
     needs ``size``), or per channel, ``U ∈ R^{C x 1 x 1}`` (resolution-free).
 
+    With ``links = L > 1`` the operand holds L maps of C channels (channel ``c·L + l`` is channel c
+    of map l, TrajGRU's warped copies of h): a conv block convolves all C·L channels (the paper's
+    1x1 projection with ``kernel=1``), a Hadamard block weighs each map and sums them,
+    ``Σ_l U^l ⊙ h_l`` with ``U ∈ R^{C x L x H x W}`` (or ``C x L x 1 x 1``): L·C·H·W products.
+
     Args:
         channels: C, channels of h and of each block's output.
         kinds: per block ``'conv'`` or ``'hadamard'``.
         kernel: k of the recurrent convolutions.
         hadamard: ``'position'`` or ``'channel'``.
         size: (H, W) of the state, required by per-position Hadamard weights.
-        in_channels: channels of the operand if it differs from C (e.g. [h; c] in rgcLSTM). Hadamard
-            blocks need ``in_channels == channels``.
+        in_channels: channels of the operand if it differs from C·L (e.g. [h; c] in rgcLSTM). Hadamard
+            blocks need ``in_channels == channels * links``.
+        links: L, the number of C-channel maps in the operand (1 = h itself).
     """
 
     def __init__(self, channels: int, kinds: Sequence[str], kernel: int = 3, hadamard: str = "position",
-                 size=None, in_channels: int | None = None):
+                 size=None, in_channels: int | None = None, links: int = 1):
         super().__init__()
         if hadamard not in HADAMARD_MODES:
             raise ValueError(f"hadamard={hadamard!r}; choose one of {HADAMARD_MODES}")
         for k in kinds:
             if k not in ("conv", "hadamard"):
                 raise ValueError(f"block kind {k!r} must be 'conv' or 'hadamard'")
+        if links < 1:
+            raise ValueError(f"links must be >= 1, got {links}")
         self.channels = channels
-        self.in_channels = in_channels or channels
+        self.links = links
+        self.in_channels = in_channels or channels * links
         self.kinds = tuple(kinds)
         self.hadamard = hadamard
         self.size = _pair(size)
@@ -80,18 +89,19 @@ class RecurrentOp(nn.Module):
                      if n_conv else None)
         self.weight: nn.Parameter | None = None
         if n_had:
-            if self.in_channels != channels:
+            if self.in_channels != channels * links:
                 raise ValueError("a Hadamard block needs an operand with as many channels as the state")
             if hadamard == "position":
                 if self.size is None:
                     raise ValueError(
                         "per-position Hadamard weights (C x H x W) need the state size: pass size=(H, W) "
                         "or use hadamard='channel' for resolution-free weights")
-                shape = (n_had, channels, *self.size)
+                spatial = self.size
             else:
-                shape = (n_had, channels, 1, 1)
+                spatial = (1, 1)
+            shape = (n_had, channels, *((links,) if links > 1 else ()), *spatial)
             # IndRNN-style init: small positive recurrent weights keep the product stable.
-            self.weight = nn.Parameter(torch.empty(shape).uniform_(0.0, 1.0 / channels ** 0.5))
+            self.weight = nn.Parameter(torch.empty(shape).uniform_(0.0, 1.0 / (links * channels) ** 0.5))
         # Output order: positions of conv and Hadamard blocks in the concatenation.
         conv_idx = [i for i, k in enumerate(self.kinds) if k == "conv"]
         had_idx = [i for i, k in enumerate(self.kinds) if k == "hadamard"]
@@ -115,7 +125,10 @@ class RecurrentOp(nn.Module):
             parts.append(self.conv(h))
         if self.weight is not None:
             b, _, hh, ww = h.shape
-            had = h.unsqueeze(1) * self.weight  # (B, n_had, C, H, W): one product per block
+            if self.links == 1:
+                had = h.unsqueeze(1) * self.weight  # (B, n_had, C, H, W): one product per block
+            else:                                   # one product per map, summed over the L maps
+                had = (h.view(b, 1, self.channels, self.links, hh, ww) * self.weight).sum(3)
             parts.append(had.reshape(b, -1, hh, ww))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         if self._perm is not None:
@@ -124,12 +137,41 @@ class RecurrentOp(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"kinds={self.kinds}, hadamard={self.hadamard!r}, size={self.size}"
+        links = f", links={self.links}" if self.links > 1 else ""
+        return f"kinds={self.kinds}, hadamard={self.hadamard!r}, size={self.size}{links}"
 
 
 def input_conv(in_channels: int, blocks: int, channels: int, kernel: int, bias: bool = True) -> nn.Conv2d:
     """The fused input-to-state convolution ``W * x`` of ``blocks`` blocks (one bias per block)."""
     return nn.Conv2d(in_channels, blocks * channels, kernel, padding=kernel // 2, bias=bias)
+
+
+def set_forget_bias(conv: nn.Conv2d, channels: int, blocks: Sequence[int], value: float | Tensor | None) -> None:
+    """Set the bias of the given output blocks of a fused input convolution to ``value`` (the
+    forget gates' bias: Gers et al. 2000's positive forget bias, PredRNN's +1, JANET's chrono
+    initialisation when ``value`` is a tensor of C values).  ``None`` or 0 keeps the default
+    initialisation.  The bias stays trainable."""
+    if value is None or (not isinstance(value, Tensor) and value == 0):
+        return
+    with torch.no_grad():
+        for b in blocks:
+            conv.bias[b * channels:(b + 1) * channels] = value
+
+
+def bilinear_sample(x: Tensor, px: Tensor, py: Tensor) -> Tensor:
+    """Sample x bilinearly at N fields of pixel positions: ``out[:, :, n, i, j] = x[:, :, py[n, i, j],
+    px[n, i, j]]``, zeros outside the map, pixel centres exact (``align_corners=False``).
+
+    x: (B, C, H, W); px, py: (B, N, H, W) column and row positions in pixels (``px = j`` and ``py = i``
+    read x itself).  Returns (B, C, N, H, W).  All N fields are sampled by one ``F.grid_sample`` call
+    over an (N·H) x W grid.  Used by TrajGRU's warp and MotionRNN's neighbourhood warp.
+    """
+    b, c, h, w = x.shape
+    n = px.shape[1]
+    # pixel p -> grid coordinate (2p + 1) / size - 1 (align_corners=False: pixel centres)
+    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1).view(b, n * h, w, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, c, n, h, w)
 
 
 def check_input(x: Tensor, in_channels: int, name: str = "cell") -> None:

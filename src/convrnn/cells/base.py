@@ -1,13 +1,16 @@
 """The cell interface shared by every recurrent cell.
 
-A cell does one time step, ``h, state = cell(x, state)``, on (B, C, H, W) tensors, like
-``torch.nn.LSTMCell``.  ``state=None`` means zeros sized from ``x`` (lazily, so one cell serves any
-batch).  States are NamedTuples whose first field is always ``h``.
+Every cell has ONE signature, like ``torch.nn.LSTMCell(input, hx=None)``::
 
-Cells of the PredRNN family also read and write the spatiotemporal memory ``M`` that zig-zags
-through the stack: they set ``zigzag = True``, accept ``memory=`` (M from the layer below, or from
-the top layer at the previous step) and return the new M as ``state.m``.  Networks pass it on; a
-cell never needs to know where it is in the stack.
+    h, state, m = cell(x, state=None, m=None)
+
+on (B, C, H, W) tensors: ``x`` the input of this step, ``state`` the cell's own recurrent state (a
+NamedTuple whose field ``h`` is the cell's output; ``None`` means zeros sized from ``x``, lazily, so
+one cell serves any batch), ``m`` the zig-zag spatiotemporal memory of the PredRNN family.  A cell
+that uses ``m`` (``zigzag = True``) reads it (zeros when None; without it a cell used on its own feeds
+back its own ``state.m``) and returns the new M; every other cell returns ``m`` unchanged.  So a
+network threads ``m`` through every layer without asking what a cell is: a cell never knows where it
+is in the stack.
 """
 from __future__ import annotations
 
@@ -26,9 +29,13 @@ class Cell(nn.Module):
         in_channels: C_x, channels of the input x_t.
         channels: C, channels of every state.
         kernel: k of the input and recurrent convolutions.
-        recurrent: ``'conv'`` | ``'indconv'`` | ``'ind'`` (reference/cells.md §1).
+        recurrent: ``'conv'`` | ``'indconv'`` | ``'ind'`` (docs/models.md §1).
         hadamard: ``'position'`` (U ∈ R^{CxHxW}, the seeds') or ``'channel'`` (U ∈ R^{Cx1x1}).
         size: (H, W) of the state; required by per-position Hadamard weights (and peepholes).
+
+    Subclasses implement ``init_state(x)`` and ``forward(x, state=None, m=None) -> (h, state, m)``.
+    Cost hooks (see :mod:`convrnn.cost`): ``gating_products`` and, for work the structural walker
+    cannot see, ``extra_mults(height, width)`` and ``map_sizes(height, width)``.
     """
 
     #: elementwise gating products per step, in units of C*H*W (f⊙c, i⊙g, o⊙tanh(c) -> 3 for LSTM);
@@ -67,6 +74,22 @@ class Cell(nn.Module):
 
     def check(self, x: Tensor) -> None:
         check_input(x, self.in_channels, type(self).__name__)
+
+    def memory_in(self, x: Tensor, state: Any, m: Tensor | None) -> Tensor:
+        """The zig-zag memory M a PredRNN-family cell reads at this step.
+
+        ``m`` (passed by the network: M from the layer below, or from the top layer at the previous
+        step) wins; without it a cell used on its own feeds back its own ``state.m`` (the zig-zag of a
+        one-layer stack); at the first step M is zeros.  The shape must be (B, C, H, W) of the state.
+        """
+        if m is None:
+            return state.m if state is not None else self.zeros(x)
+        want = (x.shape[0], self.channels, *x.shape[-2:])
+        if tuple(m.shape) != want:
+            raise ValueError(f"{type(self).__name__} expects the zig-zag memory M of shape {want} (batch, "
+                             f"channels, and the spatial size of x), got {tuple(m.shape)}; resample M to the "
+                             "layer's scale and give every zig-zag layer the same channel count")
+        return m
 
     def init_state(self, x: Tensor) -> Any:  # pragma: no cover - every cell overrides
         raise NotImplementedError

@@ -11,7 +11,7 @@ from ..registry import register_cell
 from .base import Cell
 
 
-class GRUState(NamedTuple):
+class ConvGRUState(NamedTuple):
     h: Tensor
 
 
@@ -41,10 +41,11 @@ class ConvGRU(Cell):
         self.uh = self.recurrent_op(gates=2, candidates=0)      # U_z, U_r on h
         self.uc = self.recurrent_op(gates=0, candidates=1)      # U_h on r ⊙ h
 
-    def init_state(self, x: Tensor) -> GRUState:
-        return GRUState(self.zeros(x))
+    def init_state(self, x: Tensor) -> ConvGRUState:
+        return ConvGRUState(self.zeros(x))
 
-    def forward(self, x: Tensor, state: GRUState | None = None) -> tuple[Tensor, GRUState]:
+    def forward(self, x: Tensor, state: ConvGRUState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, ConvGRUState, Tensor | None]:
         self.check(x)
         (h,) = state if state is not None else self.init_state(x)
         xz, xr, xh = self.wx(x).chunk(3, 1)
@@ -53,4 +54,4 @@ class ConvGRU(Cell):
         r = torch.sigmoid(xr + ur)
         cand = torch.tanh(xh + self.uc(r * h))
         h = (1 - z) * h + z * cand
-        return h, GRUState(h)
+        return h, ConvGRUState(h), m

@@ -7,12 +7,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..layers import input_conv
+from ..layers import input_conv, set_forget_bias
 from ..registry import register_cell
 from .base import Cell
 
 
-class JANETState(NamedTuple):
+class ConvJANETState(NamedTuple):
     h: Tensor  # JANET's output is its cell state: h_t = c_t, so one tensor is the whole state
 
 
@@ -46,22 +46,19 @@ class ConvJANET(Cell):
         self.chrono_tmax = chrono_tmax
         self.wx = input_conv(in_channels, 2, channels, kernel)  # blocks f, c
         self.uh = self.recurrent_op(gates=1, candidates=1)
-        with torch.no_grad():
-            bf = self.wx.bias[:channels]
-            if chrono_tmax is None:
-                bf.fill_(1.0)
-            else:
-                bf.uniform_(1.0, chrono_tmax - 1.0).log_()
+        chrono = None if chrono_tmax is None else torch.empty(channels).uniform_(1.0, chrono_tmax - 1.0).log_()
+        set_forget_bias(self.wx, channels, (0,), 1.0 if chrono is None else chrono)
 
-    def init_state(self, x: Tensor) -> JANETState:
-        return JANETState(self.zeros(x))
+    def init_state(self, x: Tensor) -> ConvJANETState:
+        return ConvJANETState(self.zeros(x))
 
-    def forward(self, x: Tensor, state: JANETState | None = None) -> tuple[Tensor, JANETState]:
+    def forward(self, x: Tensor, state: ConvJANETState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, ConvJANETState, Tensor | None]:
         self.check(x)
         (c,) = state if state is not None else self.init_state(x)
         s, g = (self.wx(x) + self.uh(c)).chunk(2, 1)
         c = torch.sigmoid(s) * c + (1 - torch.sigmoid(s - self.beta)) * torch.tanh(g)
-        return c, JANETState(c)
+        return c, ConvJANETState(c), m
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", chrono_tmax={self.chrono_tmax}"

@@ -6,12 +6,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layers import input_conv
+from ..layers import input_conv, set_forget_bias
 from ..registry import register_cell
 from .base import Cell
 
 
-class LSTMState(NamedTuple):
+class ConvLSTMState(NamedTuple):
     h: Tensor
     c: Tensor
 
@@ -48,9 +48,7 @@ class ConvLSTM(Cell):
             if self.size is None:
                 raise ValueError("peephole weights are per position (C x H x W): pass size=(H, W)")
             self.w_peep = nn.Parameter(torch.zeros(3, channels, *self.size))
-        if forget_bias:
-            with torch.no_grad():
-                self.wx.bias[channels:2 * channels].fill_(forget_bias)
+        set_forget_bias(self.wx, channels, (1,), forget_bias)
 
     def check_peephole(self, c: Tensor) -> None:
         if tuple(c.shape[-2:]) != self.size:
@@ -58,10 +56,11 @@ class ConvLSTM(Cell):
                 f"state of spatial size {tuple(c.shape[-2:])} does not match the per-position peephole weights "
                 f"of size {self.size}: build the cell with size={tuple(c.shape[-2:])}")
 
-    def init_state(self, x: Tensor) -> LSTMState:
-        return LSTMState(self.zeros(x), self.zeros(x))
+    def init_state(self, x: Tensor) -> ConvLSTMState:
+        return ConvLSTMState(self.zeros(x), self.zeros(x))
 
-    def forward(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+    def forward(self, x: Tensor, state: ConvLSTMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, ConvLSTMState, Tensor | None]:
         self.check(x)
         h, c = state if state is not None else self.init_state(x)
         i, f, o, g = (self.wx(x) + self.uh(h)).chunk(4, 1)
@@ -73,4 +72,4 @@ class ConvLSTM(Cell):
         if self.peephole:
             o = o + self.w_peep[2] * c
         h = torch.sigmoid(o) * torch.tanh(c)
-        return h, LSTMState(h, c)
+        return h, ConvLSTMState(h, c), m

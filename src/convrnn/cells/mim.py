@@ -1,21 +1,20 @@
-"""MIM, Memory In Memory (Wang et al., CVPR 2019): the MIM block for layers >= 2, and the ``mim`` model.
+"""MIM, Memory In Memory (Wang et al., CVPR 2019): the MIM block for layers >= 2.
 
-A MIM network is a PredRNN stack whose first layer is an ST-LSTM (cell ``predrnn``) and whose
-upper layers are MIM blocks (cell ``mim``): the ST-LSTM forget path ``f ⊙ c_{t-1}`` is replaced by
-two cascaded recurrent modules that model non-stationarity through differencing.
+A MIM network (``mim_net`` in :mod:`convrnn.models.presets`) is a PredRNN stack whose first layer is
+an ST-LSTM (cell ``predrnn``) and whose upper layers are MIM blocks (cell ``mim``): the ST-LSTM
+forget path ``f ⊙ c_{t-1}`` is replaced by two cascaded recurrent modules that model
+non-stationarity through differencing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import input_conv
-from ..registry import register_cell, register_model
+from ..layers import input_conv, set_forget_bias
+from ..registry import register_cell
 from .base import Cell
-from .predrnn import add_forget_bias, zigzag_memory
 
 
 class MIMState(NamedTuple):
@@ -24,7 +23,7 @@ class MIMState(NamedTuple):
     m: Tensor       # M^l_t, the zig-zag spatiotemporal memory leaving this layer
     n: Tensor       # N^l_t, MIM-N's non-stationary memory
     s: Tensor       # S^l_t, MIM-S's stationary memory
-    x_prev: Tensor  # this layer's input at the step before (for the difference δ)
+    prev_input: Tensor  # not a recurrent state: this layer's input at the step before (for δ)
 
 
 @register_cell("mim")
@@ -33,7 +32,7 @@ class MIM(Cell):
     Higher-Order Non-Stationarity from Spatiotemporal Dynamics", CVPR 2019) for layers l >= 2.
 
     With x_t the layer input (H^{l-1}_t in a flat stack), h, c the layer's own states, M the
-    zig-zag memory arriving from the layer below (``memory=``)::
+    zig-zag memory arriving from the layer below (``m``)::
 
         δ_t = x_t - x_{t-1}                                         (input difference)
         MIM-N (non-stationary module, memory N):
@@ -52,7 +51,7 @@ class MIM(Cell):
             o      = σ(W_o * x_t + U_o ∘ h_{t-1} + V_c ∘ C_t + V_m ∘ M_t + b_o)
             h_t    = o ⊙ tanh(W_{1x1} * [C_t; M_t] + b_{1x1})
 
-    ``∘`` is a convolution or a Hadamard product as ``recurrent`` says (reference/cells.md §1):
+    ``∘`` is a convolution or a Hadamard product as ``recurrent`` says (docs/models.md §1):
     every term on a state (N, C, S, h, M) of a gate is Hadamard in ``indconv`` and ``ind``, the
     candidates' (g) terms only in ``ind``.  Terms on the module inputs δ, D and x stay convolutions.
     Gating products per step: 10 (MIM-N 3, MIM-S 3, i⊙g, f'⊙M, i'⊙g', o⊙tanh).
@@ -75,9 +74,9 @@ class MIM(Cell):
       an unused forget gate), separate convolutions with biases: 7.361 M parameters at 6 x 64.
 
     Conventions shared with ``predrnn`` (:class:`~convrnn.cells.predrnn.SpatioTemporalLSTM`):
-    ``forget_bias`` (default 1.0) is added to the initial biases of f (MIM-N, MIM-S) and f'
+    ``forget_bias`` (default 1.0) initialises the biases of f (MIM-N, MIM-S) and f'
     (trainable; the thuml code adds a constant 1); one bias per block on the input convolutions,
-    none on recurrent terms; ``memory=None`` feeds back this layer's own previous M.
+    none on recurrent terms; ``m=None`` feeds back this layer's own previous M.
     """
 
     gating_products = 10
@@ -101,9 +100,9 @@ class MIM(Cell):
         self.vc = self.recurrent_op(gates=1, candidates=0)       # o on C_t
         self.vm = self.recurrent_op(gates=1, candidates=0)       # o on M_t
         self.fuse = nn.Conv2d(2 * channels, channels, 1)           # W_1x1 * [C_t; M_t] + b
-        add_forget_bias(self.n_wx, channels, (1,), forget_bias)
-        add_forget_bias(self.s_wd, channels, (1,), forget_bias)
-        add_forget_bias(self.wx, channels, (4,), forget_bias)
+        set_forget_bias(self.n_wx, channels, (1,), forget_bias)
+        set_forget_bias(self.s_wd, channels, (1,), forget_bias)
+        set_forget_bias(self.wx, channels, (4,), forget_bias)
 
     def init_state(self, x: Tensor) -> MIMState:
         z = self.zeros(x)
@@ -124,15 +123,15 @@ class MIM(Cell):
         t = torch.sigmoid(o + self.s_uo(s)) * torch.tanh(s)
         return t, s
 
-    def block(self, x: Tensor, state: MIMState, memory: Tensor | None, diff_input: Tensor | None = None
+    def block(self, x: Tensor, state: MIMState, m: Tensor | None, diff_input: Tensor | None = None
               ) -> tuple[Tensor, Tensor, MIMState]:
         """Everything but the output product: returns (o, tanh(W_1x1 * [C_t; M_t]), new state with
         the old h).  MIM-N differences ``diff_input`` (default: x).  Shared with MotionRNN, which
         feeds the block MotionGRU's output, differences the raw input and adds its highway."""
-        m = zigzag_memory(self, x, state, memory)
-        h, c, _, n, s, x_prev = state
+        m = self.memory_in(x, state, m)
+        h, c, _, n, s, prev_input = state
         seen = x if diff_input is None else diff_input
-        d, n = self.nonstationary(seen - x_prev, n)
+        d, n = self.nonstationary(seen - prev_input, n)
         t, s = self.stationary(d, c, s)
         xi, xo, xg, xi2, xf2, xg2 = self.wx(x).chunk(6, 1)
         ui, uo, ug = self.uh(h).chunk(3, 1)
@@ -143,27 +142,9 @@ class MIM(Cell):
         y = torch.tanh(self.fuse(torch.cat([c, m], 1)))
         return o, y, MIMState(h, c, m, n, s, seen)
 
-    def forward(self, x: Tensor, state: MIMState | None = None, memory: Tensor | None = None
-                ) -> tuple[Tensor, MIMState]:
+    def forward(self, x: Tensor, state: MIMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, MIMState, Tensor]:
         self.check(x)
-        o, y, new = self.block(x, state if state is not None else self.init_state(x), memory)
+        o, y, new = self.block(x, state if state is not None else self.init_state(x), m)
         h = o * y
-        return h, new._replace(h=h)
-
-
-def preset_cells(name: str, layers: int, kw: dict) -> list[str]:
-    """["predrnn", name, name, ...]: an ST-LSTM first layer, then ``name`` blocks."""
-    if "cell" in kw:
-        raise ValueError(f"the {name!r} model fixes its cells (predrnn, then {name}); to choose cells "
-                         "yourself use name='stack' with cell=[...]")
-    if layers < 2:
-        raise ValueError(f"the {name!r} model needs layers >= 2 (an ST-LSTM layer, then {name} blocks), "
-                         f"got {layers}")
-    return ["predrnn"] + [name] * (layers - 1)
-
-
-@register_model("mim")
-def mim(layers: int = 4, scales: Sequence[float] | None = None, **kw: Any):
-    """MIM (Wang et al. 2019): ST-LSTM first layer, MIM blocks above; flat or MS-RNN (``scales``)."""
-    from ..models.stack import RecurrentStack
-    return RecurrentStack(cell=preset_cells("mim", layers, kw), layers=layers, scales=scales, **kw)
+        return h, new._replace(h=h), new.m

@@ -1,16 +1,15 @@
-"""MotionRNN (Wu et al., CVPR 2021) on the MIM block: MotionGRU, the Motion Highway, the ``motionrnn`` model."""
+"""MotionRNN (Wu et al., CVPR 2021) on the MIM block: MotionGRU and the Motion Highway.  The network
+(an ST-LSTM first layer, MotionRNN layers above) is ``motionrnn_net`` in :mod:`convrnn.models.presets`."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import RecurrentOp
-from ..registry import register_cell, register_model
-from .mim import MIM, MIMState, preset_cells
+from ..layers import bilinear_sample
+from ..registry import register_cell
+from .mim import MIM, MIMState
 
 
 def warp(x: Tensor, flow: Tensor) -> Tensor:
@@ -28,7 +27,7 @@ def neighbourhood_warp(x: Tensor, offsets: Tensor, k: int) -> Tensor:
     (i, j) is read at (i + ky - k//2 + dy_n, j + kx - k//2 + dx_n), bilinearly, zeros outside.
 
     x: (B, C, H, W); offsets: (B, 2 k², H, W) as k² pairs (dx_n, dy_n).  Returns (B, C, k², H, W).
-    All k² fields are sampled by one ``F.grid_sample`` call over a (k² H) x W grid.
+    All k² fields are sampled at once by :func:`convrnn.layers.bilinear_sample`.
     """
     b, _, h, w = x.shape
     n = k * k
@@ -40,12 +39,7 @@ def neighbourhood_warp(x: Tensor, offsets: Tensor, k: int) -> Tensor:
     base_y, base_x = (t.reshape(1, n, 1, 1) for t in torch.meshgrid(r, r, indexing="ij"))
     rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, h, 1)
     cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, w)
-    px = cols + base_x + off[:, :, 0]  # (B, n, H, W) sampling positions in pixels
-    py = rows + base_y + off[:, :, 1]
-    # pixel -> [-1, 1] with align_corners=False: pixel centres at (2 p + 1) / size - 1
-    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1).view(b, n * h, w, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.view(b, x.shape[1], n, h, w)
+    return bilinear_sample(x, cols + base_x + off[:, :, 0], rows + base_y + off[:, :, 1])
 
 
 class MotionGRU(nn.Module):
@@ -116,7 +110,7 @@ class MotionRNNState(NamedTuple):
     m: Tensor
     n: Tensor
     s: Tensor
-    x_prev: Tensor  # this layer's input x at the step before (for MIM-N's difference)
+    prev_input: Tensor  # not a recurrent state: this layer's input x at the step before (MIM-N's δ)
     f: Tensor       # F_t, MotionGRU's offsets (2k² x H/2 x W/2)
     d: Tensor       # D_t, MotionGRU's motion trend
 
@@ -153,7 +147,7 @@ class MotionRNN(MIM):
     Products per step: the 13 C·H·W gating products counted in ``gating_products`` (MIM 10,
     highway 1, MotionGRU's output mix 2) plus MotionGRU's products on smaller maps (r ⊙ F, u ⊙ z,
     (1 - u) ⊙ F on 2k² x H/2 x W/2, the mask on C/4 x k² x H/2 x W/2) and the bilinear sampling
-    inside ``grid_sample``: see :meth:`analytic_cost`.
+    inside ``grid_sample``: see :meth:`extra_mults` and :meth:`map_sizes`.
     """
 
     gating_products = 13
@@ -175,8 +169,8 @@ class MotionRNN(MIM):
         f = self.motion.init_offsets(x)
         return MotionRNNState(z, z, z, z, z, x, f, f)
 
-    def forward(self, x: Tensor, state: MotionRNNState | None = None, memory: Tensor | None = None
-                ) -> tuple[Tensor, MotionRNNState]:
+    def forward(self, x: Tensor, state: MotionRNNState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, MotionRNNState, Tensor]:
         self.check(x)
         if x.shape[-2] % 2 or x.shape[-1] % 2:
             raise ValueError(f"MotionGRU's stride-2 encoder needs an even height and width, got "
@@ -184,37 +178,21 @@ class MotionRNN(MIM):
         if state is None:
             state = self.init_state(x)
         xm, f, d = self.motion(x, state.f, state.d)
-        o, y, new = self.block(xm, MIMState(*state[:6]), memory, diff_input=x)
+        o, y, new = self.block(xm, MIMState(*state[:6]), m, diff_input=x)
         h = o * y + (1 - o) * x
-        return h, MotionRNNState(h, *new[1:], f, d)
+        return h, MotionRNNState(h, *new[1:], f, d), new.m
 
-    def analytic_cost(self, height: int, width: int) -> dict:
-        """Parameters, multiplications and convolution MACs of one step, batch 1, state H x W.
+    def map_sizes(self, height: int, width: int) -> dict:
+        """For the cost walker: MotionGRU's modules that read a map of H/2 x W/2 (its encoder reads H x W
+        with stride 2, its gate convolution H x W; everything else of the cell runs at H x W)."""
+        mg, half = self.motion, (height // 2, width // 2)
+        return {mod: half for mod in (mg.w_ur, mg.w_z, mg.w_mask, mg.mix, mg.dec)}
 
-        ``macs``: every convolution's k² C_in C_out per output pixel (transposed convolution: per
-        input pixel).  ``mults``: macs + Hadamard recurrent products + every elementwise product of
-        two signals + 4 per bilinear sample and channel in the warp (corner values times weights;
-        the weights' own arithmetic is not counted).  Additions and activations are not counted.
-        """
-        hw, half = height * width, (height // 2) * (width // 2)
+    def extra_mults(self, height: int, width: int) -> int:
+        """Products the cost walker cannot see: MotionGRU's elementwise products on H/2 x W/2 maps
+        (r ⊙ F, u ⊙ z, (1 - u) ⊙ F on the 2k² offset channels; the mask on the C/4 x k² warped samples)
+        and 4 per bilinear sample and channel in the warp (corner values times weights; the weights'
+        own arithmetic is not counted)."""
         mg = self.motion
-        macs = 0
-        for mod in self.modules():
-            if isinstance(mod, nn.ConvTranspose2d):
-                macs += mod.weight.numel() * half
-            elif isinstance(mod, nn.Conv2d):
-                on_half = any(mod is m for m in (mg.enc, mg.w_ur, mg.w_z, mg.w_mask, mg.mix))
-                macs += mod.weight.numel() * (half if on_half else hw)
-        hadamard = sum(m.n_hadamard for m in self.modules() if isinstance(m, RecurrentOp))
-        n = mg.k ** 2
-        small = 3 * mg.offset_channels * half + mg.hidden * n * half   # r⊙F, u⊙z, (1-u)⊙F, mask
-        bilinear = 4 * mg.hidden * n * half
-        mults = macs + (hadamard + self.gating_products) * self.channels * hw + small + bilinear
-        return {"params": sum(p.numel() for p in self.parameters()), "mults": mults, "macs": macs}
-
-
-@register_model("motionrnn")
-def motionrnn(layers: int = 4, scales: Sequence[float] | None = None, **kw: Any):
-    """MotionRNN-MIM (Wu et al. 2021): ST-LSTM first layer, MotionGRU + MIM blocks + Motion Highway above."""
-    from ..models.stack import RecurrentStack
-    return RecurrentStack(cell=preset_cells("motionrnn", layers, kw), layers=layers, scales=scales, **kw)
+        half, n = (height // 2) * (width // 2), mg.k ** 2
+        return 3 * mg.offset_channels * half + mg.hidden * n * half + 4 * mg.hidden * n * half

@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import RecurrentOp, input_conv
+from ..layers import input_conv, set_forget_bias
 from ..registry import register_cell
 from .base import Cell
-from .predrnn import add_forget_bias, zigzag_memory
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
@@ -48,7 +47,7 @@ class PrecipLSTMState(NamedTuple):
     m: Tensor       # M_t, the zig-zag spatiotemporal memory leaving this layer
     ms: Tensor      # spatial local-attention memory (SLAM)
     mt: Tensor      # temporal-difference memory (TDM)
-    x_prev: Tensor  # this layer's input at the step before (TDM's difference)
+    prev_input: Tensor  # not a recurrent state: this layer's input at the step before (TDM's δ)
 
 
 @register_cell("preciplstm")
@@ -57,7 +56,7 @@ class PrecipLSTM(Cell):
     Precipitation Nowcasting", IEEE TGRS 60, 2022): a PredRNN ST-LSTM with a local-attention input,
     a spatial local-attention memory (SLAM) and a temporal-difference memory (TDM).
 
-    With x_t the layer input (C_x channels), M the zig-zag memory from the layer below (``memory=``)::
+    With x_t the layer input (C_x channels), M the zig-zag memory from the layer below (``m``)::
 
         q, k, v = W_q * x_t, W_k * x_t, W_v * x_t                          (1x1, no bias)
         x^      = x_t + W_a * LA(q, k, v) + b_a          (local attention, see :func:`local_attention`)
@@ -86,13 +85,13 @@ class PrecipLSTM(Cell):
     - biases: one per block on the input convolutions, none on recurrent and V terms; the
       reference biases every convolution (redundant: 1,088 more parameters per layer at C = 64).
 
-    Hadamard variants (new for this cell; reference/cells.md §1): every term on a state (h, M, ms,
+    Hadamard variants (new for this cell; docs/models.md §1): every term on a state (h, M, ms,
     mt and the new c, ms, mt, M seen by o) is a recurrent term ``∘``; gates (i, f, o of each
     memory) are Hadamard under ``indconv`` and ``ind``, the candidates g only under ``ind``.  The
     attention, its projections and W_a, the input convolutions and the fusion stay as they are.
 
     Multiplications per step: ``gating_products = 9`` C·H·W products (2 per memory, o ⊙ tanh); the
-    attention's 2 · size² · C_x · H · W products are counted in :meth:`analytic_cost`.
+    attention's 2 · size² · C_x · H · W products are counted in :meth:`extra_mults`.
     """
 
     gating_products = 9
@@ -115,8 +114,8 @@ class PrecipLSTM(Cell):
         self.ut = self.recurrent_op(gates=2, candidates=1)   # on mt: i, f | g
         self.vc, self.vs, self.vt, self.vm = (self.recurrent_op(gates=1, candidates=0) for _ in range(4))
         self.fuse = nn.Conv2d(4 * c, c, 1)                    # W_1x1 * [c, ms, mt, M]
-        add_forget_bias(self.wx, c, (1, 5, 8), forget_bias)
-        add_forget_bias(self.wd, c, (1,), forget_bias)
+        set_forget_bias(self.wx, c, (1, 5, 8), forget_bias)
+        set_forget_bias(self.wd, c, (1,), forget_bias)
 
     def init_state(self, x: Tensor) -> PrecipLSTMState:
         z = self.zeros(x)
@@ -133,35 +132,27 @@ class PrecipLSTM(Cell):
         i, f, g = gates.chunk(3, 1)
         return torch.sigmoid(f) * mem + torch.sigmoid(i) * torch.tanh(g)
 
-    def forward(self, x: Tensor, state: PrecipLSTMState | None = None, memory: Tensor | None = None
-                ) -> tuple[Tensor, PrecipLSTMState]:
+    def forward(self, x: Tensor, state: PrecipLSTMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, PrecipLSTMState, Tensor]:
         self.check(x)
-        m = zigzag_memory(self, x, state, memory)
-        h, c, _, ms, mt, x_prev = state if state is not None else self.init_state(x)
-        if x_prev.shape != x.shape:
-            raise ValueError(f"state.x_prev has shape {tuple(x_prev.shape)} but the input x has {tuple(x.shape)}; "
-                             "x_prev must be this layer's input at the previous step")
+        m = self.memory_in(x, state, m)
+        h, c, _, ms, mt, prev_input = state if state is not None else self.init_state(x)
+        if prev_input.shape != x.shape:
+            raise ValueError(f"state.prev_input has shape {tuple(prev_input.shape)} but the input x has "
+                             f"{tuple(x.shape)}; prev_input must be this layer's input at the previous step")
         xi, xf, xo, xg, xm, xs = self.wx(self.attend(x)).split([self.channels] * 4 + [3 * self.channels] * 2, 1)
         hi, hf, ho, hg = self.uh(h).chunk(4, 1)
         c = torch.sigmoid(xf + hf) * c + torch.sigmoid(xi + hi) * torch.tanh(xg + hg)
         m = self.memory(xm + self.um(m), m)
         ms = self.memory(xs + self.us(ms), ms)
-        mt = self.memory(self.wd(x - x_prev) + self.ut(mt), mt)
+        mt = self.memory(self.wd(x - prev_input) + self.ut(mt), mt)
         o = torch.sigmoid(xo + ho + self.vc(c) + self.vs(ms) + self.vt(mt) + self.vm(m))
         h = o * torch.tanh(self.fuse(torch.cat([c, ms, mt, m], 1)))
-        return h, PrecipLSTMState(h, c, m, ms, mt, x)
+        return h, PrecipLSTMState(h, c, m, ms, mt, x), m
 
-    def analytic_cost(self, height: int, width: int) -> dict:
-        """Parameters, multiplications and convolution MACs of one step, batch 1, state H x W.
-
-        ``macs``: every convolution's k² C_in C_out per pixel.  ``mults``: macs + Hadamard recurrent
-        products (C·H·W per Hadamard block) + 9 C·H·W gating products + the local attention's
-        2 · size² · C_x · H · W products (q·k over the window and the weighting of v, padded
-        neighbours included: what is computed).  Additions, softmax and activations are not counted.
-        """
-        hw = height * width
-        macs = sum(m.weight.numel() * hw for m in self.modules() if isinstance(m, nn.Conv2d))
-        hadamard = sum(m.n_hadamard for m in self.modules() if isinstance(m, RecurrentOp)) * self.channels * hw
-        attention = 2 * self.neighbourhood ** 2 * self.in_channels * hw
-        mults = macs + hadamard + self.gating_products * self.channels * hw + attention
-        return {"params": sum(p.numel() for p in self.parameters()), "mults": mults, "macs": macs}
+    def extra_mults(self, height: int, width: int) -> int:
+        """Products the cost walker cannot see: the local attention's 2 · size² · C_x · H · W (q·k over
+        the window and the weighting of v, padded neighbours included: what is computed).  The walker
+        counts the convolutions, the Hadamard recurrent products and the 9 C·H·W gating products;
+        softmax and additions are not multiplications."""
+        return 2 * self.neighbourhood ** 2 * self.in_channels * height * width

@@ -1,8 +1,4 @@
-"""PredRNN's spatiotemporal LSTM (ST-LSTM, Wang et al., NeurIPS 2017) and its Hadamard variants.
-
-Also holds :func:`zigzag_memory`, the memory-input rule shared by every cell of the PredRNN family
-(PredRNN++, PredRNN-V2, MIM's first layer).
-"""
+"""PredRNN's spatiotemporal LSTM (ST-LSTM, Wang et al., NeurIPS 2017) and its Hadamard variants."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,40 +6,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layers import input_conv
+from ..layers import input_conv, set_forget_bias
 from ..registry import register_cell
 from .base import Cell
 
 
-class STLSTMState(NamedTuple):
+class SpatioTemporalLSTMState(NamedTuple):
     h: Tensor
     c: Tensor
     m: Tensor
-
-
-def zigzag_memory(cell: Cell, x: Tensor, state, memory: Tensor | None) -> Tensor:
-    """The memory M a PredRNN-family cell reads at this step.
-
-    ``memory`` (passed by the network: M from the layer below, or from the top layer at the previous
-    step) wins; without it a cell used on its own feeds back its own ``state.m`` (the zig-zag of a
-    one-layer stack); at the first step M is zeros.  The shape must be (B, C, H, W) of the state.
-    """
-    if memory is None:
-        return state.m if state is not None else cell.zeros(x)
-    want = (x.shape[0], cell.channels, *x.shape[-2:])
-    if tuple(memory.shape) != want:
-        raise ValueError(f"{type(cell).__name__} expects the zig-zag memory M of shape {want} (batch, channels, "
-                         f"and the spatial size of x), got {tuple(memory.shape)}; resample M to the layer's "
-                         "scale and give every zig-zag layer the same channel count")
-    return memory
-
-
-def add_forget_bias(conv: nn.Conv2d, channels: int, blocks: tuple[int, ...], value: float) -> None:
-    """Add ``value`` to the bias of the given output blocks of a fused convolution (forget gates)."""
-    if value:
-        with torch.no_grad():
-            for b in blocks:
-                conv.bias[b * channels:(b + 1) * channels].add_(value)
 
 
 @register_cell("predrnn")
@@ -64,9 +35,9 @@ class SpatioTemporalLSTM(Cell):
         o          = σ(W_o * x_t + U_o ∘ h_{t-1} + V_c ∘ c_t + V_m ∘ M_t + b_o)
         h_t        = o ⊙ tanh(W_{1x1} * [c_t, M_t] + b_{1x1})
 
-    Returns ``h_t`` and ``STLSTMState(h_t, c_t, M_t)``; the network passes ``M_t`` on.
+    Returns ``h_t``, ``SpatioTemporalLSTMState(h_t, c_t, M_t)`` and ``M_t``, which the network passes on.
 
-    Hadamard variants (new for this family; reference/cells.md §1): every term whose operand is a
+    Hadamard variants (new for this family; docs/models.md §1): every term whose operand is a
     state (h_{t-1}, M, c_t, M_t) is a recurrent term ``∘``.  The gates are i, f, o, i', f' — under
     ``indconv`` their state terms are Hadamard products (o's terms on c_t and M_t become per-position
     weights, i.e. ConvLSTM peepholes); the candidates g, g' keep convolutions under ``indconv`` and
@@ -74,9 +45,9 @@ class SpatioTemporalLSTM(Cell):
 
     Choices where implementations differ from the paper:
 
-    - forget bias: the authors' code adds a constant 1.0 to the pre-activations of f and f'.  We add
-      ``forget_bias`` (default 1.0) to the initial biases of f and f' instead: the same function at
-      initialisation and the same function class (the bias is trainable), one addition fewer.
+    - forget bias: the authors' code adds a constant 1.0 to the pre-activations of f and f'.  We
+      initialise the biases of f and f' to ``forget_bias`` (default 1.0) instead: the same function
+      class (the bias is trainable), one addition fewer.
     - no LayerNorm: the authors' code has a ``layer_norm`` switch; OpenSTL's and MS-RNN's Moving MNIST
       settings turn it off, and a LayerNorm over (C, H, W) would fix the state resolution.
     - biases: one bias per block on the input convolution; the recurrent convolutions have none (the
@@ -99,21 +70,21 @@ class SpatioTemporalLSTM(Cell):
         self.vc = self.recurrent_op(gates=1, candidates=0)   # on c_t:     o
         self.vm = self.recurrent_op(gates=1, candidates=0)   # on M_t:     o
         self.fuse = nn.Conv2d(2 * channels, channels, 1)     # W_{1x1} * [c_t, M_t]
-        add_forget_bias(self.wx, channels, (1, 5), forget_bias)
+        set_forget_bias(self.wx, channels, (1, 5), forget_bias)
 
-    def init_state(self, x: Tensor) -> STLSTMState:
-        return STLSTMState(self.zeros(x), self.zeros(x), self.zeros(x))
+    def init_state(self, x: Tensor) -> SpatioTemporalLSTMState:
+        return SpatioTemporalLSTMState(self.zeros(x), self.zeros(x), self.zeros(x))
 
-    def forward(self, x: Tensor, state: STLSTMState | None = None, memory: Tensor | None = None
-                ) -> tuple[Tensor, STLSTMState]:
-        h, c, m, _, _ = self.step(x, state, memory)
-        return h, STLSTMState(h, c, m)
+    def forward(self, x: Tensor, state: SpatioTemporalLSTMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, SpatioTemporalLSTMState, Tensor]:
+        h, c, m, _, _ = self.step(x, state, m)
+        return h, SpatioTemporalLSTMState(h, c, m), m
 
-    def step(self, x: Tensor, state=None, memory: Tensor | None = None
+    def step(self, x: Tensor, state=None, m: Tensor | None = None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One step; returns h_t, c_t, M_t and the increments ΔC = i ⊙ g, ΔM = i' ⊙ g'."""
         self.check(x)
-        m = zigzag_memory(self, x, state, memory)
+        m = self.memory_in(x, state, m)
         h, c = (state.h, state.c) if state is not None else (self.zeros(x), self.zeros(x))
         xc, xm = self.wx(x).split([4 * self.channels, 3 * self.channels], 1)
         i, f, o, g = (xc + self.uh(h)).chunk(4, 1)

@@ -1,25 +1,22 @@
-"""PredRNN++ (Wang et al., ICML 2018): the Causal LSTM, the Gradient Highway Unit, and the
-``predrnnpp`` network preset (GHU after layer 1)."""
+"""PredRNN++ (Wang et al., ICML 2018): the Causal LSTM and the Gradient Highway Unit.  The network
+preset (GHU after layer 1) is ``predrnnpp_net`` in :mod:`convrnn.models.presets`."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import input_conv
-from ..models.stack import RecurrentStack
-from ..registry import register_cell, register_model
+from ..layers import input_conv, set_forget_bias
+from ..registry import register_cell
 from .base import Cell
-from .predrnn import add_forget_bias, zigzag_memory
 
 
 class CausalLSTMState(NamedTuple):
-    h: Tensor
+    h: Tensor                # the cell's output: h_t, or the highway's z_t with ``highway=True``
     c: Tensor
     m: Tensor
-    z: Tensor | None   # Gradient Highway state (``highway=True`` only)
+    h_lstm: Tensor | None    # the Causal LSTM's own h_t when ``highway=True`` (then h is z_t), else None
 
 
 @register_cell("predrnnpp")
@@ -44,7 +41,8 @@ class CausalLSTM(Cell):
         p, s = tanh, σ(W_{p,s} * h_t + U_{p,s} ∘ z_{t-1} + b)
         z_t  = s ⊙ p + (1 - s) ⊙ z_{t-1}
 
-    Returns ``(z_t if highway else h_t)`` and ``CausalLSTMState(h_t, c_t, M_t, z_t or None)``.
+    Returns the output y_t = ``z_t if highway else h_t``, ``CausalLSTMState(y_t, c_t, M_t, h_t if highway
+    else None)`` and M_t.
 
     Hadamard variants: every term whose operand is a state (h_{t-1}, c_{t-1}, c_t, M, M_t, z_{t-1}) is
     a recurrent term ``∘``.  Gates: i, f, i', f', o and the GHU's s — Hadamard under ``indconv`` and
@@ -58,8 +56,8 @@ class CausalLSTM(Cell):
       follows the paper; ``o_from_h=True`` the authors' code.
     - W_3 (the transform of M in the forget path) and W_5 are 1x1 as the paper states.  OpenSTL
       uses a k x k W_3 and drops the M term from g'; we follow the paper (g' sees [x_t, c_t, M]).
-    - forget bias: the authors' code and OpenSTL add a constant 1.0 to f and f'; we add
-      ``forget_bias`` (default 1.0) to their initial biases (same function class), see
+    - forget bias: the authors' code and OpenSTL add a constant 1.0 to f and f'; we initialise
+      their biases to ``forget_bias`` (default 1.0; same function class), see
       :class:`~convrnn.cells.predrnn.SpatioTemporalLSTM`.  No LayerNorm (off in OpenSTL's and MS-RNN's
       Moving MNIST settings).
 
@@ -84,7 +82,7 @@ class CausalLSTM(Cell):
         self.uo = self.recurrent_op(gates=1, candidates=0) if o_from_h else None  # on h_{t-1}: o
         self.w3 = nn.Conv2d(channels, channels, 1)
         self.fuse = nn.Conv2d(2 * channels, channels, 1)      # W_5
-        add_forget_bias(self.wx, channels, (1, 4), forget_bias)
+        set_forget_bias(self.wx, channels, (1, 4), forget_bias)
         self.o_from_h = o_from_h
         self.highway = highway
         if highway:
@@ -93,14 +91,15 @@ class CausalLSTM(Cell):
             self.gating_products = 7
 
     def init_state(self, x: Tensor) -> CausalLSTMState:
-        z = self.zeros(x) if self.highway else None
-        return CausalLSTMState(self.zeros(x), self.zeros(x), self.zeros(x), z)
+        h_lstm = self.zeros(x) if self.highway else None
+        return CausalLSTMState(self.zeros(x), self.zeros(x), self.zeros(x), h_lstm)
 
-    def forward(self, x: Tensor, state: CausalLSTMState | None = None, memory: Tensor | None = None
-                ) -> tuple[Tensor, CausalLSTMState]:
+    def forward(self, x: Tensor, state: CausalLSTMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, CausalLSTMState, Tensor]:
         self.check(x)
-        m = zigzag_memory(self, x, state, memory)
-        h, c, _, z = state if state is not None else self.init_state(x)
+        m = self.memory_in(x, state, m)
+        out, c, _, h_lstm = state if state is not None else self.init_state(x)
+        h, z = (h_lstm, out) if self.highway else (out, None)
         xc, xm = self.wx(x).split([3 * self.channels, 4 * self.channels], 1)
         i, f, g = (xc + self.uh(h) + self.uc(c)).chunk(3, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -112,9 +111,9 @@ class CausalLSTM(Cell):
             o = o + self.uo(h)
         h = torch.tanh(o) * torch.tanh(self.fuse(torch.cat([c, m], 1)))
         if not self.highway:
-            return h, CausalLSTMState(h, c, m, None)
+            return h, CausalLSTMState(h, c, m, None), m
         z = self.gradient_highway(h, z)
-        return z, CausalLSTMState(h, c, m, z)
+        return z, CausalLSTMState(z, c, m, h), m
 
     def gradient_highway(self, h: Tensor, z: Tensor | None) -> Tensor:
         """GHU: z_t = s ⊙ p + (1 - s) ⊙ z_{t-1}, with p, s from the layer's output h_t and z_{t-1}."""
@@ -124,18 +123,3 @@ class CausalLSTM(Cell):
         s, p = (self.ghu_x(h) + self.ghu_z(z)).chunk(2, 1)
         s = torch.sigmoid(s)
         return s * torch.tanh(p) + (1 - s) * z
-
-
-@register_model("predrnnpp")
-def predrnnpp(cell: str | Sequence[str] = "predrnnpp", layers: int = 4, layer_kw: Sequence[dict] | None = None,
-              **kw: Any) -> RecurrentStack:
-    """PredRNN++: Causal LSTM stack with the Gradient Highway Unit after layer 1 (Wang et al. 2018).
-
-    Every :class:`~convrnn.models.stack.RecurrentStack` argument works (``scales`` for MS-RNN,
-    ``cell_kw={'recurrent': 'indconv'}`` ...); ``layer_kw[0]`` gets ``highway=True`` unless it says
-    otherwise."""
-    per_layer = [dict(d or {}) for d in (layer_kw or [{}] * layers)]
-    if len(per_layer) != layers:
-        raise ValueError(f"layer_kw has {len(per_layer)} entries for {layers} layers")
-    per_layer[0] = {"highway": True, **per_layer[0]}
-    return RecurrentStack(cell=cell, layers=layers, layer_kw=per_layer, **kw)

@@ -11,7 +11,7 @@ from ..registry import register_cell
 from .base import Cell, hard_sigmoid
 
 
-class RGCState(NamedTuple):
+class RGCLSTMState(NamedTuple):
     h: Tensor
     c: Tensor
 
@@ -46,10 +46,11 @@ class RGCLSTM(Cell):
         self.uh = self.recurrent_op(gates=1, candidates=1)      # U_fh, U_g on h
         self.uc = self.recurrent_op(gates=1, candidates=0)      # U_fc on c
 
-    def init_state(self, x: Tensor) -> RGCState:
-        return RGCState(self.zeros(x), self.zeros(x))
+    def init_state(self, x: Tensor) -> RGCLSTMState:
+        return RGCLSTMState(self.zeros(x), self.zeros(x))
 
-    def forward(self, x: Tensor, state: RGCState | None = None) -> tuple[Tensor, RGCState]:
+    def forward(self, x: Tensor, state: RGCLSTMState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, RGCLSTMState, Tensor | None]:
         self.check(x)
         h, c = state if state is not None else self.init_state(x)
         xf, xg = self.wx(x).chunk(2, 1)
@@ -57,4 +58,4 @@ class RGCLSTM(Cell):
         f = hard_sigmoid(xf + uf + self.uc(c))
         c = f * c + f * torch.tanh(xg + ug)
         h = f * torch.tanh(c)
-        return h, RGCState(h, c)
+        return h, RGCLSTMState(h, c), m

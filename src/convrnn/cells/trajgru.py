@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import block_kinds, input_conv
+from ..layers import RecurrentOp, bilinear_sample, block_kinds, input_conv
 from ..registry import register_cell
 from .base import Cell
 
@@ -21,68 +21,16 @@ def warp_links(h: Tensor, flows: Tensor) -> Tensor:
     sampled bilinearly, zeros outside the map (the paper's warp).  Zero flow gives h.
 
     h: (B, C, H, W); flows: (B, 2L, H, W) in pixels as L pairs (U_l, V_l) = (horizontal, vertical).
-    Returns (B, C, L, H, W).  All L fields are sampled by one ``F.grid_sample`` over an (L·H) x W grid.
+    Returns (B, C, L, H, W), all L fields sampled at once by :func:`convrnn.layers.bilinear_sample`.
     """
     b, _, height, width = h.shape
     if flows.dim() != 4 or flows.shape[0] != b or flows.shape[1] % 2 or flows.shape[-2:] != h.shape[-2:]:
         raise ValueError(f"flows must have shape (B, 2L, H, W) = ({b}, 2L, {height}, {width}) to warp a map of "
                          f"shape {tuple(h.shape)}, got {tuple(flows.shape)}")
-    links = flows.shape[1] // 2
-    f = flows.view(b, links, 2, height, width)
+    f = flows.view(b, flows.shape[1] // 2, 2, height, width)
     cols = torch.arange(width, device=h.device, dtype=h.dtype).view(1, 1, 1, width)
     rows = torch.arange(height, device=h.device, dtype=h.dtype).view(1, 1, height, 1)
-    px, py = cols + f[:, :, 0], rows + f[:, :, 1]  # (B, L, H, W) sampling positions in pixels
-    # pixel p -> grid coordinate (2p + 1) / size - 1 (align_corners=False: pixel centres)
-    grid = torch.stack([(2 * px + 1) / width - 1, (2 * py + 1) / height - 1], -1)
-    out = F.grid_sample(h, grid.view(b, links * height, width, 2), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    return out.view(b, h.shape[1], links, height, width)
-
-
-class LinkProjection(nn.Module):
-    """Recurrent terms ``Σ_l U_b^l ∘ warp_l(h)`` of several blocks from the L warped copies of h.
-
-    A ``'conv'`` block is the paper's 1x1 convolution over the L concatenated warped maps (channel
-    ``c·L + l`` holds channel c of link l); all conv blocks share one fused convolution, without bias
-    (the biases live in the input convolution).  A ``'hadamard'`` block replaces each link's 1x1
-    convolution by a per-channel (``'channel'``, U ∈ R^{L x C x 1 x 1}) or per-position
-    (``'position'``, U ∈ R^{L x C x H x W}) weight: ``Σ_l U_b^l ⊙ warp_l(h)``, L·C·H·W products.
-    """
-
-    def __init__(self, channels: int, links: int, kinds, hadamard: str = "position", size=None):
-        super().__init__()
-        self.channels, self.links, self.kinds = channels, links, tuple(kinds)
-        self.hadamard, self.size = hadamard, size
-        n_conv, n_had = self.kinds.count("conv"), self.kinds.count("hadamard")
-        self.conv = nn.Conv2d(links * channels, n_conv * channels, 1, bias=False) if n_conv else None
-        self.weight: nn.Parameter | None = None
-        if n_had:
-            if hadamard not in ("position", "channel"):
-                raise ValueError(f"hadamard={hadamard!r}; choose 'position' or 'channel'")
-            if hadamard == "position" and size is None:
-                raise ValueError("per-position Hadamard weights (L x C x H x W) need the state size: pass "
-                                 "size=(H, W) or use hadamard='channel' for resolution-free weights")
-            shape = (n_had, channels, links, *(size if hadamard == "position" else (1, 1)))
-            # small positive weights, fan-in L·C like the 1x1 convolution they replace
-            self.weight = nn.Parameter(torch.empty(shape).uniform_(0.0, 1.0 / (links * channels) ** 0.5))
-
-    @property
-    def n_hadamard(self) -> int:
-        return self.kinds.count("hadamard")
-
-    def forward(self, warped: Tensor) -> list[Tensor]:
-        """warped: (B, C, L, H, W) -> one (B, C, H, W) term per block, in block order."""
-        b, c, links, height, width = warped.shape
-        conv = [] if self.conv is None else list(self.conv(warped.reshape(b, c * links, height, width)).chunk(
-            self.kinds.count("conv"), 1))
-        had = []
-        if self.weight is not None:
-            if self.hadamard == "position" and (height, width) != tuple(self.size):
-                raise ValueError(f"state of spatial size {(height, width)} does not match the per-position "
-                                 f"Hadamard weight of size {tuple(self.size)}: build the cell with "
-                                 f"size={(height, width)} or use hadamard='channel'")
-            had = list((warped.unsqueeze(1) * self.weight).sum(3).unbind(1))  # one product per link
-        return [conv.pop(0) if k == "conv" else had.pop(0) for k in self.kinds]
+    return bilinear_sample(h, cols + f[:, :, 0], rows + f[:, :, 1])
 
 
 @register_cell("trajgru")
@@ -103,8 +51,10 @@ class TrajGRU(Cell):
         h_t  = (1 - z) ⊙ h~ + z ⊙ h_{t-1}
 
     ``U^l ∘ w_l`` is the paper's 1x1 convolution (``recurrent='conv'``).  Hadamard variants (new for
-    this cell; reference/cells.md §1): each link's 1x1 convolution becomes a Hadamard weight,
-    ``Σ_l U^l ⊙ w_l`` (see :class:`LinkProjection`), in the gates z, r under ``indconv`` and also in
+    this cell; docs/models.md §1): each link's 1x1 convolution becomes a Hadamard weight,
+    ``Σ_l U^l ⊙ w_l`` (a :class:`~convrnn.layers.RecurrentOp` with ``links=L``: the 1x1 convolutions of
+    all blocks fused over the L·C warped channels, channel ``c·L + l`` = channel c of link l; no bias,
+    the biases live in the input convolution), in the gates z, r under ``indconv`` and also in
     the candidate under ``ind``.  The flow network γ (its convolutions on x and h), the input
     convolutions W_x * x and the warp stay as they are in every variant.
 
@@ -130,7 +80,8 @@ class TrajGRU(Cell):
     - zoneout (the authors' optional regulariser) is not implemented.
 
     Multiplications per step: ``gating_products = 3`` C·H·W products (r ⊙ ·, (1-z) ⊙ h~, z ⊙ h); the
-    warp's bilinear sampling and the link Hadamard products are counted in :meth:`analytic_cost`.
+    link Hadamard products are L·C·H·W each, and the warp's bilinear sampling is counted in
+    :meth:`extra_mults`.
     """
 
     gating_products = 3
@@ -152,7 +103,7 @@ class TrajGRU(Cell):
         self.flow_out = nn.Conv2d(flow_channels, 2 * links, flow_kernel, padding=pad)
         nn.init.zeros_(self.flow_out.weight)
         nn.init.zeros_(self.flow_out.bias)
-        self.uh = LinkProjection(channels, links, block_kinds(recurrent, 2, 1), hadamard, self.size)
+        self.uh = RecurrentOp(channels, block_kinds(recurrent, 2, 1), 1, hadamard, self.size, links=links)
 
     def init_state(self, x: Tensor) -> TrajGRUState:
         return TrajGRUState(self.zeros(x))
@@ -161,30 +112,21 @@ class TrajGRU(Cell):
         """γ(x_t, h_{t-1}): the L flow fields, (B, 2L, H, W) as pairs (U_l, V_l) in pixels."""
         return self.flow_out(F.leaky_relu(self.flow_x(x) + self.flow_h(h), 0.2))
 
-    def forward(self, x: Tensor, state: TrajGRUState | None = None) -> tuple[Tensor, TrajGRUState]:
+    def forward(self, x: Tensor, state: TrajGRUState | None = None, m: Tensor | None = None
+                ) -> tuple[Tensor, TrajGRUState, Tensor | None]:
         self.check(x)
         (h,) = state if state is not None else self.init_state(x)
         xz, xr, xh = self.wx(x).chunk(3, 1)
-        uz, ur, uh = self.uh(warp_links(h, self.flows(x, h)))
+        uz, ur, uh = self.uh(warp_links(h, self.flows(x, h)).flatten(1, 2)).chunk(3, 1)
         z = torch.sigmoid(xz + uz)
         r = torch.sigmoid(xr + ur)
         cand = F.leaky_relu(xh + r * uh, 0.2)
         h = (1 - z) * cand + z * h
-        return h, TrajGRUState(h)
+        return h, TrajGRUState(h), m
 
-    def analytic_cost(self, height: int, width: int) -> dict:
-        """Parameters, multiplications and convolution MACs of one step, batch 1, state H x W.
-
-        ``macs``: every convolution's k² C_in C_out per pixel (γ, input, 1x1 projection).  ``mults``:
-        macs + the link Hadamard products (L·C·H·W per Hadamard block) + 3 C·H·W gating products +
-        4 per bilinear sample and channel in the warp (4 L C H W: corner values times weights; the
-        weights' own arithmetic is not counted, as for MotionRNN).  Additions and activations are not
-        multiplications.
-        """
-        hw = height * width
-        macs = sum(m.weight.numel() * hw for m in self.modules() if isinstance(m, nn.Conv2d))
-        per_map = self.channels * hw
-        hadamard = self.uh.n_hadamard * self.links * per_map
-        bilinear = 4 * self.links * per_map
-        mults = macs + hadamard + self.gating_products * per_map + bilinear
-        return {"params": sum(p.numel() for p in self.parameters()), "mults": mults, "macs": macs}
+    def extra_mults(self, height: int, width: int) -> int:
+        """Products the cost walker cannot see: 4 per bilinear sample and channel in the warp
+        (4 L C H W: corner values times weights; the weights' own arithmetic is not counted, as for
+        MotionRNN).  The walker counts the convolutions (γ, input, 1x1 projection), the link Hadamard
+        products (L·C·H·W per Hadamard block: the weight's L axis) and the 3 gating products."""
+        return 4 * self.links * self.channels * height * width

@@ -1,7 +1,6 @@
-"""Networks built from cells: importing this package registers them all."""
+"""Networks built from cells: importing this package registers them all (one import line per file)."""
 from .base import Prediction, Predictor
 from .codec import FrameCodec
+from .composite import CompositeModel
+from .presets import PredRNNv2
 from .stack import RecurrentStack
-
-__all__ = ["FrameCodec", "Prediction", "Predictor", "RecurrentStack"]
-from .composite import CompositeModel  # noqa: F401  (registers 'composite')

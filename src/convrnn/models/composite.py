@@ -1,6 +1,6 @@
 """The composite model of seed 003: a recurrent encoder whose final state starts a predictor of the
 future and a reconstructor of the past (Srivastava et al., ICML 2015), with the convolutional frame
-codec of Sautermeister (2016) around the recurrent layers (reference/msrnn.md §4).
+codec of Sautermeister (2016) around the recurrent layers (docs/models.md §5).
 
 Data flow (every recurrent part a stack of L cells of any registered cell, separate weights)::
 
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..loop import phase_mask, unroll
 from ..registry import create_cell, register_model
 from .base import Prediction, Predictor
+from .stack import step_layers
 
 
 def sautermeister_encoder(frame_channels: int = 1, widths: Sequence[int] = (32, 64, 64)) -> nn.Sequential:
@@ -56,9 +57,9 @@ class LayersState(NamedTuple):
 
 
 class CellLayers(nn.Module):
-    """L recurrent cells at one resolution, one step at a time: layer l reads layer l-1's h.
-    Cells with ``zigzag = True`` pass the memory M up the stack and from the top layer back to
-    layer 1 at the next step (as in :class:`~convrnn.models.stack.RecurrentStack`)."""
+    """L recurrent cells at one resolution, one step at a time (:func:`~convrnn.models.stack.step_layers`,
+    the stack's layer loop): layer l reads layer l-1's h; the zig-zag memory M of PredRNN-family cells
+    goes up the stack and from the top layer back to layer 1 at the next step."""
 
     def __init__(self, cells: Sequence[str], in_channels: int, channels: int, kernel: int, size, cell_kw: dict):
         super().__init__()
@@ -69,19 +70,9 @@ class CellLayers(nn.Module):
         self.channels = channels
 
     def forward(self, x: Tensor, state: LayersState | None) -> tuple[Tensor, LayersState]:
-        states = state.layers if state is not None else [None] * len(self.cells)
-        m = state.m if state is not None else None
-        new = []
-        for cell, s in zip(self.cells, states):
-            if cell.zigzag:
-                if m is None:
-                    m = x.new_zeros(x.shape[0], self.channels, *x.shape[-2:])
-                x, s = cell(x, s, memory=m)
-                m = s.m
-            else:
-                x, s = cell(x, s)
-            new.append(s)
-        return x, LayersState(new, m)
+        layers, m = state if state is not None else (None, None)
+        h, layers, m = step_layers(self.cells, x, layers, m)
+        return h, LayersState(layers, m)
 
 
 class DecoderState(NamedTuple):

@@ -1,10 +1,10 @@
 """The stacked predictor: L recurrent layers, flat (one resolution) or as the MS-RNN pyramid.
 
-Flat stack (PredRNN/OpenSTL, reference/msrnn.md §1): per step t the frame fed (ground truth or
+Flat stack (PredRNN/OpenSTL, docs/models.md §3): per step t the frame fed (ground truth or
 the previous prediction, as the mask says) is encoded by the frame codec, passes through L layers
 at one resolution and is read out as the prediction of frame t+1.
 
-Multi-scale (MS-RNN, Ma et al. 2022/2023, seeds 001/002, reference/msrnn.md §2): layer l keeps its
+Multi-scale (MS-RNN, Ma et al. 2022/2023, seeds 001/002, docs/models.md §4): layer l keeps its
 states at ``scales[l]`` of the codec resolution.  Between layers the hidden map is max-pooled (down)
 or bilinearly upsampled (up); when a layer goes back up to a scale an earlier layer had, that
 layer's output is added (``skip='add'``, the paper's default).  The zig-zag memory M of the PredRNN
@@ -36,9 +36,37 @@ SKIPS = ("add", "none", "unet3p", "dense")
 
 
 class StackState(NamedTuple):
-    layers: list
+    layers: list              # each layer's cell state
     m: Tensor | None          # zig-zag memory leaving the top layer (PredRNN family), else None
     aux: Tensor | None        # running sum of per-layer auxiliary terms (see ``layer_aux``)
+
+
+def step_layers(cells: Sequence[nn.Module], x: Tensor, states: Sequence | None, m: Tensor | None,
+                sizes: Sequence | None = None, skip_from: Sequence[tuple[int, ...]] | None = None,
+                memory_sizes: Sequence | None = None, down: str = "max", up: str = "bilinear"
+                ) -> tuple[Tensor, list, Tensor | None]:
+    """One time step through L stacked cells, the one layer loop of every network.
+
+    Layer l reads R(h^{l-1}) + Σ_{j in skip_from[l]} R(h^j) (layer 1 reads ``x``), R resampling to
+    ``sizes[l]`` (max-pool down, bilinear up; ``sizes=None``: one resolution, no resampling).  The
+    zig-zag memory ``m`` is threaded through every cell (``h, s, m = cell(x, s, m)``); before a layer
+    that reads it (``memory_sizes[l]`` not None) it is resampled to that layer's size, without skips.
+    Returns the top layer's output, the new per-layer states and the memory leaving the top layer.
+    """
+    states = states if states is not None else [None] * len(cells)
+    outs: list[Tensor] = []
+    new = []
+    for l, cell in enumerate(cells):
+        if l > 0:
+            x = outs[-1] if sizes is None else resample(outs[-1], sizes[l], down, up)
+            for j in (skip_from[l] if skip_from is not None else ()):
+                x = x + resample(outs[j], sizes[l], down, up)
+        if m is not None and memory_sizes is not None and memory_sizes[l] is not None:
+            m = resample(m, memory_sizes[l], down, up)
+        h, s, m = cell(x, states[l], m)
+        outs.append(h)
+        new.append(s)
+    return outs[-1], new, m
 
 
 def _fraction(s) -> Fraction:
@@ -132,7 +160,7 @@ class RecurrentStack(Predictor):
 
     Cells with ``zigzag = True`` exchange the memory M; a non-zigzag cell in between (any layer
     kind can be mixed) passes M on unchanged.  Subclasses may override :meth:`layer_aux` to add a
-    per-layer, per-step auxiliary loss (PredRNN-V2's decoupling loss).
+    per-layer, per-step auxiliary loss (PredRNN-V2's decoupling loss, :mod:`convrnn.models.presets`).
     """
 
     def __init__(self, cell: str | Sequence[str] = "convlstm", layers: int = 4, channels: int | Sequence[int] = 64,
@@ -186,6 +214,7 @@ class RecurrentStack(Predictor):
         if self.zigzag and len({c for c, z in zip(chans, zig) if z}) != 1:
             raise ValueError("the zig-zag memory M needs the same channel count in every layer that carries it")
         self.memory_channels = next((c for c, z in zip(chans, zig) if z), 0)
+        self.memory_sizes = [size if z else None for size, z in zip(self.sizes, zig)]
         for l, sources in enumerate(self.skip_from):
             for src in sources:
                 if chans[src] != chans[l - 1]:
@@ -195,31 +224,15 @@ class RecurrentStack(Predictor):
 
     # -- one time step -----------------------------------------------------------------------
     def step(self, frame: Tensor, state: StackState | None) -> tuple[Tensor, StackState]:
-        layer_states = state.layers if state is not None else [None] * len(self.cells)
-        m = state.m if state is not None else None
-        aux = state.aux if state is not None else None
-        x = self.codec.encode(frame)
-        outs: list[Tensor] = []
-        new_states = []
-        for l, cell in enumerate(self.cells):
-            if l > 0:
-                x = resample(outs[-1], self.sizes[l], self.down, self.up)
-                for j in self.skip_from[l]:
-                    x = x + resample(outs[j], self.sizes[l], self.down, self.up)
-            if cell.zigzag:
-                if m is None:
-                    m = x.new_zeros(x.shape[0], self.memory_channels, *self.sizes[l])
-                m = resample(m, self.sizes[l], self.down, self.up)
-                h, s = cell(x, layer_states[l], memory=m)
-                m = s.m
-            else:
-                h, s = cell(x, layer_states[l])
+        """One time step: frame (B, C, H, W) -> prediction of the next frame and the new state."""
+        layers, m, aux = state if state is not None else (None, None, None)
+        h, layers, m = step_layers(self.cells, self.codec.encode(frame), layers, m, self.sizes, self.skip_from,
+                                   self.memory_sizes, self.down, self.up)
+        for l, (cell, s) in enumerate(zip(self.cells, layers)):
             term = self.layer_aux(l, cell, s)
             if term is not None:
                 aux = term if aux is None else aux + term
-            outs.append(h)
-            new_states.append(s)
-        return self.codec.decode(outs[-1]), StackState(new_states, m, aux)
+        return self.codec.decode(h), StackState(layers, m, aux)
 
     def layer_aux(self, layer: int, cell: nn.Module, state: Any) -> Tensor | None:
         """Auxiliary loss term of one layer at one step (summed over layers and steps, divided by

@@ -1,0 +1,150 @@
+"""Contract tests over the registries (timm's tests/test_models.py style): every registered cell
+family and every registered model is tested by being registered, with no list to keep by hand.
+
+Cells: the one signature ``h, state, m = cell(x, state=None, m=None)``; the state is a NamedTuple
+whose ``h`` is the output; ``state=None`` means zeros; a cell that does not use the zig-zag memory
+returns ``m`` untouched; forward and backward reach every parameter; the analytic cost equals the
+measured one (the full variant x mode grid is in test_cost.py).  Models: sequence shapes, every
+parameter trained, and ``torch.compile(fullgraph=True)`` traces the whole network with no graph break
+(backend "eager": this checks graph breaks only -- TorchDynamo's trace replayed by eager kernels --
+not inductor's generated code)."""
+import pytest
+import torch
+import torch._dynamo
+from helpers import one_thread, randomize  # noqa: F401  (autouse fixture)
+
+from convrnn import cell_families, create_cell, create_model, list_models
+from convrnn.cost import cell_cost
+from convrnn.layers import RecurrentOp
+from convrnn.schedules import sample_mask
+
+C, SIZE = 4, (8, 8)
+FAMILIES = sorted(cell_families())
+MODELS = sorted(list_models())
+SMALL = {"channels": C, "frame_size": (16, 16), "in_len": 2, "out_len": 2}
+
+
+def make_cell(name, variant="conv", mode="position"):
+    return randomize(create_cell(name, in_channels=C, channels=C, recurrent=variant, hadamard=mode, size=SIZE), 0.3)
+
+
+def test_the_registries_hold_every_family_and_model():
+    assert {"convlstm", "convgru", "convjanet", "rgclstm", "gem", "predrnn", "predrnnpp", "predrnnv2", "mim",
+            "motionrnn", "trajgru", "preciplstm"} <= set(FAMILIES)
+    assert {"stack", "msrnn", "composite", "predrnnpp_net", "predrnnv2_net", "mim_net", "motionrnn_net"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("variant", ["conv", "indconv", "ind"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cell_signature_and_state(name, variant):
+    cell = make_cell(name, variant)
+    x = torch.randn(2, C, *SIZE)
+    m_in = torch.randn(2, C, *SIZE)
+    h, state, m = cell(x, None, m_in)
+    assert h.shape == (2, C, *SIZE) and torch.isfinite(h).all()
+    assert hasattr(state, "_fields") and state._fields[0] == "h" and state.h is h
+    if cell.zigzag:
+        assert m is state.m and m.shape == m_in.shape and not torch.equal(m, m_in)
+    else:
+        assert m is m_in                               # passed through untouched
+        assert cell(x, None, None)[2] is None
+    # state=None is the zero state built by init_state
+    same = cell(x, cell.init_state(x), m_in)
+    torch.testing.assert_close(same[0], h, rtol=0, atol=0)
+    # the state round-trips: feeding it back changes the output and keeps its type and shapes
+    h2, state2, _ = cell(x, state, m)
+    assert type(state2) is type(state)
+    assert [None if s is None else s.shape for s in state2] == [None if s is None else s.shape for s in state]
+    assert not torch.allclose(h2, h)
+
+
+@pytest.mark.parametrize("variant", ["conv", "indconv", "ind"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cell_backward_reaches_every_parameter(name, variant):
+    cell = make_cell(name, variant)
+    x = torch.randn(2, C, *SIZE)
+    h, state, m = cell(x)
+    h, state, m = cell(torch.randn_like(x), state, m)   # second step: recurrent weights see a state
+    loss = h.square().sum() + (0 if m is None else m.square().sum())
+    loss.backward()
+    assert not dead_blocks(cell), f"no gradient reaches {dead_blocks(cell)}"
+
+
+def dead_blocks(module):
+    """Parameters, or blocks of a fused parameter, that got no gradient: a fused convolution is cut
+    into its C-channel output blocks (one per gate or candidate), a Hadamard weight into its blocks,
+    so a gate that no longer reaches the output is found even when its neighbours in the fused
+    weight are alive."""
+    hadamard = {id(m.weight) for m in module.modules() if isinstance(m, RecurrentOp) and m.weight is not None}
+    dead = []
+    for name, p in module.named_parameters():
+        g = p.grad
+        if g is None:
+            dead.append(name)
+            continue
+        blocks = g.unbind(0) if id(p) in hadamard else g.split(C, 0) if g.shape[0] % C == 0 else [g]
+        dead += [f"{name}[block {i}]" for i, b in enumerate(blocks) if not b.abs().sum() > 0]
+    return dead
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cell_cost_analytic_equals_measured(name):
+    cost = cell_cost(make_cell(name, "indconv"), *SIZE, batch=2)
+    assert cost["mults"] == cost["mults_measured"]
+
+
+def make_model(name):
+    torch.manual_seed(0)
+    kw = dict(SMALL)
+    if name == "composite":
+        # conditioned on frames: an unconditioned reconstructor is fed zeros, so its cells' input
+        # weights get no gradient (they only add their bias)
+        kw.update(codec_channels=(4, 4, 4), conditional_reconstructor=True)
+    if name in ("stack", "msrnn", "composite"):
+        kw["layers"] = 3 if name == "msrnn" else 2
+    if name == "msrnn":
+        kw["scales"] = (1, 0.5, 1)
+    if name.endswith("_net"):
+        kw["layers"] = 2
+    return randomize(create_model(name, **kw), 0.2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_sequence_shapes_and_backward(name):
+    model = make_model(name)
+    frames = torch.rand(2, 4, 1, 16, 16)
+    mask = sample_mask(0.5, 0.5, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    pred = model(frames, mask)
+    assert pred.future.shape == (2, 2, 1, 16, 16)
+    assert pred.outputs.shape == pred.targets.shape and pred.outputs.shape[1] >= 3
+    loss = (pred.outputs - pred.targets).square().mean() + sum(pred.aux.values(), torch.zeros(()))
+    loss.backward()
+    assert not dead_blocks(model), f"no gradient reaches {dead_blocks(model)}"
+    free = model(frames[:, :2])
+    assert free.future.shape == (2, 2, 1, 16, 16) and free.targets is None
+
+
+@pytest.mark.parametrize("name", MODELS + [f"stack:{c}" for c in FAMILIES])
+def test_network_traces_as_one_graph(name):
+    """Graph breaks only (backend 'eager'); each cell family inside a 2-layer stack, each model alone."""
+    if name.startswith("stack:"):
+        cell = name.split(":")[1]
+        torch.manual_seed(0)
+        cells = ["convlstm", cell] if cell == "motionrnn" else cell   # the Motion Highway needs C_in = C
+        model = create_model("stack", cell=cells, layers=2, **{**SMALL, "out_len": 1})
+    else:
+        model = make_model(name)
+    frames = torch.rand(2, 4, 1, 16, 16)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    got = compiled(frames[:, :model.in_len])
+    torch.testing.assert_close(got.future, model(frames[:, :model.in_len]).future)
+
+
+@pytest.mark.parametrize("old, new", [("predrnnpp", "predrnnpp_net"), ("predrnnv2", "predrnnv2_net"),
+                                      ("mim", "mim_net"), ("motionrnn", "motionrnn_net")])
+def test_old_model_names_are_aliases_of_the_net_names(old, new):
+    from convrnn import model_aliases
+    from convrnn.registry import model_entry
+    assert model_aliases()[old] == new and model_entry(old) is model_entry(new)
+    assert old not in list_models()        # listed once, under its own name
