@@ -81,6 +81,15 @@ def test_radolan_counts(tmp_path, capsys):
     assert (info["height"], info["width"], info["in_len"], info["out_len"]) == (8, 8, 5, 5)
 
 
+def test_convrnn_command_dispatches_data(tmp_path, capsys):
+    from convrnn.cli import main as convrnn
+    for name in ("a.avi", "b.avi"):
+        write_avi(tmp_path / "own" / "train" / name, range(1, 25))
+    code = convrnn(["data", "folder", "--root", str(tmp_path / "own"), "--json", "--set", f"cache_dir={tmp_path}"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["splits"] == {"train": 2, "val": 0, "test": 0}
+    assert convrnn(["data", "folder", "--root", str(tmp_path / "none")]) == 1
+
+
 def test_folder_and_movingmnist_counts(tmp_path, capsys):
     for name in ("a.avi", "b.avi", "c.avi", "d.avi"):
         write_avi(tmp_path / "own" / name, range(1, 45))

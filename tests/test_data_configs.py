@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from convrnn.data import FolderDataModule, HKO7DataModule, KTHDataModule, RadolanDataModule, TaxiBJDataModule
 from convrnn.data.taxibj import CHANNELS, FILES
+from convrnn.lightning_cli import cli_main
+from convrnn.losses import frames_of, mask_of
+from convrnn.metrics import ZR_DWD, BalancedErrors, SkillScores
 from convrnn.registry import model_from_config
-from convrnn.train import cli_main
 
-from formats import radolan_name, write_avi, write_hko_days, write_hko_frame, write_radolan, write_taxibj
+from formats import NODATA, radolan_name, write_avi, write_hko_days, write_hko_frame, write_radolan, write_taxibj
 from helpers import CONFIGS, load_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -74,7 +77,9 @@ def radolan_root(root: Path) -> list[str]:
     for year in (2014, 2015, 2016):
         for k in range(10):
             t = dt.datetime(year, 5, 1) + dt.timedelta(minutes=5 * k)
-            write_radolan(root / radolan_name(t), t, np.full((20, 20), 50 * k, np.uint16))
+            raw = np.full((20, 20), 50 * k, np.uint16)     # 0.5 k mm per 5 min = 6 k mm/h
+            raw[19, :4] = NODATA                           # masked cells (row 0 north up, in the crop)
+            write_radolan(root / radolan_name(t), t, raw)
     return ["--data.crop", "[0, 0, 16, 16]"]
 
 
@@ -107,3 +112,46 @@ def test_config_trains_a_few_steps(tmp_path, dataset, stem):
     record = json.loads(metrics.read_text())
     assert np.isfinite(record["mse"]) and len(record["mse_per_frame"]) == net["out_len"]
     assert record["config"]["data"]["init_args"]["root"] == str(root)
+    protocol = record["data_protocol"]       # the DataModule's protocol, with the test's overrides
+    assert protocol["name"] == load_config(dataset, stem)["data"]["init_args"].get("protocol", "default")
+    assert set(protocol) == {"name", "source", "settings", "overrides", "unverified"}
+    radar = dataset in ("hko7", "radolan")
+    for prefix in ("", "baseline_", "blank_"):   # nowcasting scores for the model and both baselines
+        assert (prefix + "csi" in record) == radar and (prefix + "b_mse" in record) == radar
+    if radar:
+        assert len(record["csi"]) == len(record["skill_thresholds_mmh"]) == 5
+        assert np.array(record["csi_per_frame"]).shape == (net["out_len"], 5)
+    if dataset == "radolan":
+        check_radolan_baseline(root, record, net)
+
+
+def check_radolan_baseline(root: Path, record: dict, net: dict) -> None:
+    """The copy-last scores in metrics.json equal SkillScores / BalancedErrors computed here, by hand, on
+    the first test batch (the run tested one batch of one window) with its mask."""
+    dm = RadolanDataModule(str(root), crop=[0, 0, 16, 16], batch_size=1)
+    batch = next(iter(dm.test_dataloader()))
+    frames, mask = batch["frames"], batch["mask"]
+    n = net["in_len"]
+    truth, past = frames[:, n:n + net["out_len"]], frames[:, n - 1:n]
+    skill, balanced = SkillScores(zr=ZR_DWD), BalancedErrors(zr=ZR_DWD)
+    skill.update(past.expand_as(truth), truth, mask[:, n:])
+    balanced.update(past.expand_as(truth), truth, mask[:, n:])
+    expected = {**skill.compute(), **balanced.compute()}
+    for key in ("csi", "pod", "far", "hss"):
+        got = [np.nan if v is None else v for v in record[f"baseline_{key}"]]     # JSON writes NaN as null
+        np.testing.assert_allclose(got, expected[key].numpy(), atol=1e-6)
+    assert record["baseline_b_mse"] == pytest.approx(float(expected["b_mse"]), rel=1e-6)
+    assert record["baseline_hits"] == expected["hits"].tolist()
+    assert record["baseline_correct_negatives"] == expected["correct_negatives"].tolist()
+    assert int(mask.logical_not().sum()) > 0 and record["baseline_csi"][:4] == [1.0] * 4   # 24 mm/h copied
+    assert sum(record["blank_hits"][0]) == 0 and record["blank_far"] == [None] * 5   # no event forecast: FAR NaN
+
+
+def test_mask_of_batches():
+    frames = torch.zeros(2, 3, 1, 4, 4, dtype=torch.uint8)
+    mask = torch.ones(2, 3, 1, 4, 4, dtype=torch.bool)
+    assert mask_of(frames) is None and mask_of({"frames": frames}) is None
+    assert torch.equal(mask_of({"frames": frames, "mask": mask}), mask)
+    assert frames_of({"frames": frames, "mask": mask}).dtype == torch.float32
+    with pytest.raises(ValueError, match="'mask' must be a \\(B, T, C, H, W\\) tensor"):
+        mask_of({"frames": frames, "mask": mask[0]})

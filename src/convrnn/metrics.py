@@ -370,6 +370,35 @@ class BalancedErrors(Metric):
         return {"b_mse": mse.mean(), "b_mae": mae.mean(), "b_mse_per_frame": mse, "b_mae_per_frame": mae}
 
 
+class NowcastScores(Metric):
+    """:class:`SkillScores` and :class:`BalancedErrors` together, for a radar test set: one
+    ``update(pred, truth, mask=None)``, one ``compute()`` holding ``pod``, ``far``, ``csi``, ``hss`` (one
+    value per threshold), their ``*_per_frame``, the contingency counts, ``b_mse``, ``b_mae`` and their
+    ``*_per_frame``.  ``thresholds`` in mm/h with the Z-R relation ``zr`` (the dataset's ``zr``)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, zr: tuple[float, float] = ZR_HKO7, thresholds=RAIN_THRESHOLDS, weights=BALANCING_WEIGHTS,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.skill = SkillScores(thresholds, zr)
+        self.balanced = BalancedErrors(thresholds, weights, zr)
+
+    def update(self, pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> None:
+        self.skill.update(pred, truth, mask)
+        self.balanced.update(pred, truth, mask)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {**self.skill.compute(), **self.balanced.compute()}
+
+    def reset(self) -> None:
+        super().reset()
+        self.skill.reset()
+        self.balanced.reset()
+
+
 __all__ = ["BALANCING_WEIGHTS", "RAIN_THRESHOLDS", "SSIM_CONVENTIONS", "ZR_DWD", "ZR_HKO7", "BalancedErrors",
-           "PredictionMetrics", "SkillScores", "copy_last_baseline", "pixel_to_rain", "psnr", "rain_to_pixel",
-           "skill_scores", "ssim"]
+           "NowcastScores", "PredictionMetrics", "SkillScores", "copy_last_baseline", "pixel_to_rain", "psnr",
+           "rain_to_pixel", "skill_scores", "ssim"]
