@@ -152,3 +152,53 @@ def write_radolan(path: Path, time: dt.datetime, raw: np.ndarray, product: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header.encode("ascii") + b"\x03" + body)
     return path
+
+
+# -- a small dataset of each kind, for the config runs (returns the DataModule overrides for the CLI) --------
+TAXIBJ_FILES = tuple(f"BJ{y}_M32x32_T30_InOut.h5" for y in (13, 14, 15, 16))
+
+
+def kth_root(root: Path) -> list[str]:
+    """Three running videos of persons 1 (train), 15 (val), 17 (test); returns the CLI overrides."""
+    for person in (1, 15, 17):
+        write_avi(root / f"person{person:02d}_running_d1_uncomp.avi", range(1, 25))
+    return ["--data.size", "16", "--data.cache_dir", str(root / "cache")]
+
+
+def taxibj_root(root: Path) -> list[str]:
+    """One complete day per file."""
+    for name, day in zip(TAXIBJ_FILES, (dt.date(2013, 7, 1), dt.date(2014, 3, 1), dt.date(2015, 3, 1), dt.date(2016, 4, 9))):
+        write_taxibj(root / name, [day])
+    return ["--data.test_windows", "4"]
+
+
+def hko7_root(root: Path) -> list[str]:
+    """22 frames on one day per split, no masks."""
+    for k, split in enumerate(("train", "valid", "test")):
+        day = dt.date(2009, 6, 1 + k)
+        for step in range(22):
+            write_hko_frame(root, dt.datetime(day.year, day.month, day.day) + dt.timedelta(minutes=6 * step))
+        write_hko_days(root, f"hko7_rainy_{split}_days.txt", [day])
+    return ["--data.size", "16", "--data.frame_step", "1"]
+
+
+def radolan_root(root: Path) -> list[str]:
+    """10 composites (20x20) in each of 2014, 2015, 2016: frame k rains 6 k mm/h; 4 no-data cells."""
+    for year in (2014, 2015, 2016):
+        for k in range(10):
+            t = dt.datetime(year, 5, 1) + dt.timedelta(minutes=5 * k)
+            raw = np.full((20, 20), 50 * k, np.uint16)     # 0.5 k mm per 5 min = 6 k mm/h
+            raw[19, :4] = NODATA                           # masked cells (row 0 north up, in the crop)
+            write_radolan(root / radolan_name(t), t, raw)
+    return ["--data.crop", "[0, 0, 16, 16]"]
+
+
+def folder_root(root: Path) -> list[str]:
+    """One 20-frame video per split folder."""
+    for split in ("train", "val", "test"):
+        write_avi(root / split / "a.avi", range(1, 21), size=(16, 16))
+    return ["--data.size", "16", "--data.cache_dir", str(root / "cache")]
+
+
+SMALL_DATASETS = {"kth": kth_root, "taxibj": taxibj_root, "hko7": hko7_root, "radolan": radolan_root,
+                  "folder": folder_root}

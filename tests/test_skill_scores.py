@@ -3,7 +3,6 @@ lead time), BalancedErrors (B-MSE / B-MAE with the HKO-7 weights), the Z-R conve
 hand computations and, where installed, pysteps."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

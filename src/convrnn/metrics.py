@@ -301,7 +301,8 @@ class SkillScores(Metric):
         return out
 
 
-def skill_scores(hits: Tensor, misses: Tensor, false_alarms: Tensor, correct_negatives: Tensor) -> dict[str, Tensor]:
+def skill_scores(hits: Tensor, misses: Tensor, false_alarms: Tensor,
+                 correct_negatives: Tensor) -> dict[str, Tensor]:
     """POD, FAR, CSI, HSS from contingency counts (any shape, elementwise; NaN where undefined)."""
     a, c, b, d = hits, misses, false_alarms, correct_negatives
     return {"pod": a / (a + c), "far": b / (a + b), "csi": a / (a + b + c),

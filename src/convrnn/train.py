@@ -258,7 +258,8 @@ class PredictionTask(L.LightningModule):
             metric.reset()
             prefix = "test/" if name == "model" else f"test/{name}_"
             for k, rate in enumerate(metric.skill.rain_thresholds):
-                self.log_dict({f"{prefix}{score}_{rate:g}mmh": out[score].reshape(-1)[k] for score in ("csi", "hss")})
+                for score in ("csi", "hss"):
+                    self.log(f"{prefix}{score}_{rate:g}mmh", out[score].reshape(-1)[k])
             self.log_dict({f"{prefix}{score}": out[score] for score in ("b_mse", "b_mae")})
             results[name] = out
         metric = self.test_nowcast["model"]

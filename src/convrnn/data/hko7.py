@@ -308,8 +308,9 @@ class HKO7DataModule(WindowDataModule):
             find = existing_starts if split == "train" else sequent_starts
             starts = np.array(find(slots, length, step, stride, int(s["max_missing"])), dtype=np.int64)
             shape = read_png(frame_path(self.root, int(slots[0]))).shape
-            source = HKO7Frames(self.root, slots, step, bool(s["masks"]), exclude,
-                                round(float(s["noise_threshold"]) * 255), s["crop"] or None, as_size(s["size"]), shape)
+            noise = round(float(s["noise_threshold"]) * 255)
+            source = HKO7Frames(self.root, slots, step, bool(s["masks"]), exclude, noise, s["crop"] or None,
+                                as_size(s["size"]), shape)
             out[split] = Windows(source, np.stack([np.zeros_like(starts), starts], 1), length)
         return out
 

@@ -266,8 +266,9 @@ class KTHDataModule(WindowDataModule):
                                      f"actions {sorted(actions)}")
         frames = self._frames(sorted({v.name: v for vs in chosen.values() for v in vs}.values(),
                                      key=lambda v: v.name), layout)
-        return {split: self._windows(videos, None if layout == "jpeg" else [frames[v.name] for v in videos], clips)
-                for split, videos in chosen.items()}
+        arrays = {split: None if layout == "jpeg" else [frames[v.name] for v in videos]
+                  for split, videos in chosen.items()}
+        return {split: self._windows(videos, arrays[split], clips) for split, videos in chosen.items()}
 
     def _frames(self, videos: list[Video], layout: str) -> dict:
         """Per video name: its frame array (AVI, decoded once into the cache) or None (JPEG, read per window);

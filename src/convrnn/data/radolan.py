@@ -161,11 +161,11 @@ class RadolanDataModule(WindowDataModule):
         files = find_files(self.root)
         if not files:
             raise self.not_found("no RADOLAN files (raa01-ry_10000-YYMMDDhhmm-dwd---bin) in it or its sub-folders")
+        years = {s: (EPOCH + dt.timedelta(minutes=STEP_MINUTES * s)).year for s in files}
         out = {}
         for split in splits:
             first, last = self.years[split]
-            slots = np.array([s for s in sorted(files) if first <= (EPOCH + dt.timedelta(minutes=5 * s)).year <= last],
-                             dtype=np.int64)
+            slots = np.array(sorted(s for s, year in years.items() if first <= year <= last), dtype=np.int64)
             if not len(slots):
                 raise self.not_found(f"no RADOLAN file of the years {first}-{last} ({split} split)")
             segments = [(a, b - a) for a, b in runs(slots)]

@@ -73,7 +73,7 @@ def resolve_protocol(protocols: dict[str, Protocol], name: str, given: dict) -> 
     unknown = sorted(set(given) - set(spec.settings))
     if unknown:
         raise TypeError(f"protocol {name!r} has no settings {unknown}; it has {sorted(spec.settings)}")
-    settings = {key: (given[key] if given.get(key) is not None else value) for key, value in spec.settings.items()}
+    settings = {key: value if given.get(key) is None else given[key] for key, value in spec.settings.items()}
     overrides = {key: value for key, value in given.items() if value is not None and value != spec.settings[key]}
     assumed = {key: note for key, note in spec.unverified.items() if key not in overrides}
     if assumed:
@@ -111,12 +111,15 @@ def window_starts(length: int, size: int, stride: int, anchor: str = "start") ->
     return starts if anchor == "start" else (length - size) - starts[::-1]
 
 
-def window_index(lengths: Sequence[int], size: int, stride: int | Sequence[int], anchor: str = "start") -> np.ndarray:
+def window_index(lengths: Sequence[int], size: int, stride: int | Sequence[int],
+                 anchor: str = "start") -> np.ndarray:
     """(N, 2) int64 rows (segment, start) of every window of ``size`` items inside each segment;
     ``stride`` is one int or one per segment."""
     strides = [stride] * len(lengths) if np.isscalar(stride) else list(stride)
-    rows = [np.stack([np.full(len(s), seg, dtype=np.int64), s], 1)
-            for seg, (n, st) in enumerate(zip(lengths, strides)) for s in [window_starts(int(n), size, int(st), anchor)]]
+    rows = []
+    for segment, (length, step) in enumerate(zip(lengths, strides)):
+        starts = window_starts(int(length), size, int(step), anchor)
+        rows.append(np.stack([np.full(len(starts), segment, dtype=np.int64), starts], 1))
     return np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
 
 
