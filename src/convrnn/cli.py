@@ -30,6 +30,7 @@ commands:
                                          metrics of a checkpoint on the validation / test data
   predict --config FILE.yaml --ckpt_path CKPT
                                          predictions (.npy) and GIF/PNG examples of the test data
+  data NAME --root DIR [--protocol P]    check a dataset folder (kth, taxibj, hko7, radolan, folder, ...)
 
 fit/validate/test/predict: --section.key value overrides the config (e.g. --model.net.channels 16,
 --trainer.max_steps 1000); --ckpt_path last|best takes the newest checkpoint of this config's runs
@@ -175,9 +176,16 @@ def lightning(command: str):
     return run
 
 
+def data(argv: list[str]) -> int:
+    """``convrnn data NAME --root DIR``: :func:`convrnn.data.check.main` (imported only when used)."""
+    from .data.check import main as check
+    return check(argv)
+
+
 COMMANDS = {
     "models": models,
     "cost": cost,
+    "data": data,
     "fit": lightning("fit"),
     "validate": lightning("validate"),
     "test": lightning("test"),
