@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..cells.predrnnv2 import PredRNNv2Cell, PredRNNv2State, decoupling_loss
 from ..registry import register_model
+from .base import positive_int
 from .stack import RecurrentStack
 
 
@@ -41,6 +42,7 @@ def predrnnpp_net(cell: str | Sequence[str] = "predrnnpp", layers: int = 4, laye
     ``cell_kw={'recurrent': 'indconv'}`` ...); ``layer_kw`` entries win over the variant's."""
     if variant not in PREDRNNPP_VARIANTS:
         raise ValueError(f"variant={variant!r}; choose one of {PREDRNNPP_VARIANTS}")
+    layers = positive_int("layers", layers)
     if variant == "msrnn" and layers < 2:
         raise ValueError("variant='msrnn' puts the gradient highway on layer 2's input: it needs layers >= 2")
     per_layer = [{"variant": "openstl"} if variant == "openstl" else {} for _ in range(layers)]
@@ -82,7 +84,8 @@ class PredRNNv2(RecurrentStack):
     ``decouple_beta``.
     """
 
-    def __init__(self, cell: Any = "predrnnv2", layers: int = 4, decouple_beta: float = 0.1, **kw: Any):
+    def __init__(self, cell: str | Sequence[str] = "predrnnv2", layers: int = 4, decouple_beta: float = 0.1,
+                 **kw: Any):
         super().__init__(cell=cell, layers=layers, **kw)
         self.decoupled = sum(isinstance(c, PredRNNv2Cell) for c in self.cells)
         if not self.decoupled:
@@ -109,7 +112,7 @@ def preset_cells(name: str, layers: int, kw: dict) -> None:
     if "cell" in kw:
         raise ValueError(f"the {name!r} model fixes its cells (predrnn, then {name}); to choose cells "
                          "yourself use name='stack' with cell=[...]")
-    if layers < 2:
+    if positive_int("layers", layers) < 2:
         raise ValueError(f"the {name!r} model needs layers >= 2 (an ST-LSTM layer, then {name} blocks), "
                          f"got {layers}")
 
