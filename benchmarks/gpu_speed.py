@@ -55,8 +55,10 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
-from convrnn.data import DeviceMovingMNIST, Motion, load_mnist_digits, render, sample_motion
+from convrnn.data import DeviceMovingMNIST, Motion, MovingMNIST, load_mnist_digits, render, sample_motion
+from convrnn.data.moving_mnist import collate_sequences
 from convrnn.losses import frames_of
 from convrnn.schedules import sample_mask
 from convrnn.train import PredictionTask
@@ -101,16 +103,27 @@ def net_config(name: str, cpu: bool) -> tuple[dict, int]:
 
 class DeviceData(L.LightningDataModule):
     """Moving MNIST rendered on the Trainer's device (what MovingMNISTDataModule(device_render=True)
-    does), from the digits given."""
+    does), from the digits given; should rendering on the device fail, a CPU DataLoader with 4 workers
+    instead (``source`` says which), so that the training items still measure the step."""
 
     def __init__(self, digits, batch_size: int, seq_len: int, image_size: int, num_sequences: int):
         super().__init__()
         self.digits, self.batch_size, self.seq_len, self.image_size = digits, batch_size, seq_len, image_size
         self.num_sequences = num_sequences
+        self.source = None
 
     def train_dataloader(self):
-        return DeviceMovingMNIST(self.digits, self.num_sequences, self.batch_size, self.seq_len, self.image_size,
-                                 device=self.trainer.strategy.root_device, seed=0)
+        device = self.trainer.strategy.root_device
+        shape = (self.seq_len, self.image_size)
+        try:
+            next(iter(DeviceMovingMNIST(self.digits, self.batch_size, self.batch_size, *shape, device=device, seed=1)))
+            self.source = f"DeviceMovingMNIST on {device}"
+            return DeviceMovingMNIST(self.digits, self.num_sequences, self.batch_size, *shape, device=device, seed=0)
+        except RuntimeError as err:
+            self.source = f"CPU DataLoader, 4 workers (rendering on {device} failed: {str(err)[:200]})"
+            data = MovingMNIST(self.digits.cpu(), self.num_sequences, *shape, dtype="uint8")
+            return DataLoader(data, batch_size=self.batch_size, num_workers=4, collate_fn=collate_sequences,
+                              pin_memory=device.type == "cuda", drop_last=True, persistent_workers=True)
 
 
 class Timer(L.Callback):
@@ -193,7 +206,7 @@ def train_item(args, device, digits, name: str, fast: bool, scope: str | None = 
               "sequences_per_s": timer.timed * batch / seconds, "step_ms": 1e3 * step, "timed_steps": timer.timed,
               "warmup_steps": warmup, "warmup_s": warmup_s, "compile_s": max(warmup_s - warmup * step, 0.0),
               "params": sum(p.numel() for p in net.parameters()), "final_loss": float(trainer.callback_metrics.get(
-                  "train/loss", float("nan")))}
+                  "train/loss", float("nan"))), "data": data.source}
     if fast:
         result["fast"] = options
     if device.type == "cuda":   # above what earlier items left allocated
@@ -327,6 +340,9 @@ def markdown(meta: dict, results: dict) -> str:
                      f"{fmt(r['sequences_per_s'] / openstl if openstl else None, '.2f')} | {r['step_ms']:.2f} | "
                      f"{fmt(r.get('peak_memory_gb'), '.2f')} | {r['warmup_s']:.1f} | {r['compile_s']:.1f} | "
                      f"{fmt(loss, '.1e')} |")
+    sources = sorted({r["data"] for r in results.values() if r.get("data")})
+    if sources:
+        lines += ["", "Training data: " + "; ".join(sources) + "."]
     flat, ms = results.get("flat_convlstm/fast", {}), results.get("ms_convlstm/fast", {})
     if "sequences_per_s" in flat and "sequences_per_s" in ms:
         mem = (f", peak memory x{ms['peak_memory_gb'] / flat['peak_memory_gb']:.2f}"

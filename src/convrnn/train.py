@@ -4,7 +4,7 @@
 :func:`convrnn.registry.model_from_config`); the network stays a plain ``nn.Module``.
 
 - training: scheduled sampling. At every step the schedule gives (p_input, p_output) for
-  ``self.global_step`` and :func:`convrnn.schedules.sample_mask` draws the boolean step mask with
+  ``self.global_step`` (and ``self.current_epoch``, for per-epoch schedules) and :func:`convrnn.schedules.sample_mask` draws the boolean step mask with
   torch's RNG; the network only ever sees that mask. The loss is
   :func:`convrnn.losses.frame_loss` over ``Prediction.outputs`` vs ``Prediction.targets`` (every
   emitted frame; summed over C x H x W of a frame, averaged over frames and sequences), plus
@@ -13,6 +13,17 @@
   frames, so nothing of the future can leak in -- and
   :class:`convrnn.metrics.PredictionMetrics` compares ``Prediction.future`` with the true future,
   next to the copy-last-frame baseline. ``val/mse`` selects the best checkpoint.
+- radar data (a DataModule with a Z-R relation ``zr``: HKO-7, RADOLAN): the test epoch also scores the
+  model, the copy-last and the blank forecasts with :class:`convrnn.metrics.NowcastScores` (POD, FAR,
+  CSI, HSS per rain-rate threshold, B-MSE, B-MAE), over the pixels the batch's mask keeps
+  (:func:`convrnn.losses.mask_of`); MSE/MAE/SSIM/PSNR stay over all pixels, as the literature's tables.
+
+A non-finite loss raises :class:`NonFiniteLossError`, non-finite input frames (training or
+evaluation) :class:`NonFiniteInputError`. To avoid a host synchronisation every step, the first bad
+step (or evaluation batch) is recorded on the device (``torch.where``, no sync) and checked every
+``finite_check_every`` steps and at the end of each epoch; the error names the first bad step.
+(Lightning's ``detect_anomaly`` is the other tool: it finds the backward op that produced a NaN,
+at a large cost per step -- ``--trainer.detect_anomaly true`` when debugging.)
 
 ``fast=True`` (``--model.fast true``) is the fast training path: the training objective compiled
 (:func:`torch.compile`, inductor, no max-autotune) and, on a GPU, captured in CUDA graphs (mode
@@ -24,11 +35,11 @@ warm-up); ``scope: sequence`` compiles the whole unrolled forward and loss (one 
 a longer warm-up).  Precision stays the Trainer's (``--trainer.precision bf16-mixed``); see
 docs/training.md.
 
-A non-finite loss raises :class:`NonFiniteLossError`. To avoid a host synchronisation every step,
-the first bad step is recorded on the device (``torch.where``, no sync) and checked every
-``finite_check_every`` steps and at the end of each epoch; the error names the first bad step.
-(Lightning's ``detect_anomaly`` is the other tool: it finds the backward op that produced a NaN,
-at a large cost per step -- ``--trainer.detect_anomaly true`` when debugging.)
+Checkpoints (:meth:`PredictionTask.on_load_checkpoint`): a checkpoint whose network differs from
+``net`` is refused, naming the keys (:func:`checkpoint_conflicts`).  A resumed fit continues the
+saved optimizer and scheduler, so ``optimizer`` and ``scheduler`` must match the checkpoint; a new
+``lr`` / ``weight_decay`` is applied to the restored optimizer (refused with a scheduler, whose saved
+state sets the learning rate); every other setting (loss, schedule, ...) is the task's own.
 
 The command line (``convrnn fit|validate|test|predict``) is :mod:`convrnn.lightning_cli`; run
 directories are :mod:`convrnn.runs`, checkpoint writing :mod:`convrnn.checkpoints`.
@@ -36,14 +47,16 @@ directories are :mod:`convrnn.runs`, checkpoint writing :mod:`convrnn.checkpoint
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from .losses import LOSSES, frame_loss, frames_of
-from .metrics import PredictionMetrics, copy_last_baseline
+from .losses import LOSSES, frame_loss, frames_of, mask_of
+from .metrics import NowcastScores, PredictionMetrics, copy_last_baseline
+from .netconfig import check_net, net_differences
 from .outputs import SCALARS
 from .registry import model_from_config
 from .schedules import create_schedule, sample_mask
@@ -59,12 +72,55 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteInputError(ValueError):
+    """A batch of input frames held NaN or infinite values."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this task's network or optimizer settings."""
+
+
+RESUME_FIXED = ("optimizer", "scheduler")   # a resumed fit continues their saved state
+NOT_SETTINGS = ("net", "_instantiator", "_class_path")
+
+
+def checkpoint_conflicts(saved: Mapping, hparams: Mapping, fitting: bool) -> tuple[list[str], list[str]]:
+    """``(problems, changes)`` between a checkpoint's saved hyperparameters and a task's.
+
+    problems (the checkpoint is refused): a different network (any argument it is built with); when
+    ``fitting`` (a resume), a different optimizer or scheduler, or a different lr / weight_decay under
+    a scheduler.  changes (applied): every other setting that differs, as ``key: saved -> now``."""
+    problems, changes = [], []
+    if saved.get("net") is not None:
+        diff = net_differences(saved["net"], hparams["net"])
+        if diff:
+            problems.append(f"its network differs from the config's ({'; '.join(diff)}, checkpoint vs config): "
+                            "use the config it was trained with (config.yaml in its run folder) or a "
+                            "checkpoint of this network")
+    if not fitting:
+        return problems, changes
+    for key in sorted(set(saved) | set(hparams)):
+        if key in NOT_SETTINGS or saved.get(key) == hparams.get(key):
+            continue
+        was, now = saved.get(key), hparams.get(key)
+        if key in RESUME_FIXED:
+            problems.append(f"{key}: {was!r} in the checkpoint, {now!r} now; a resumed fit continues the saved "
+                            f"{key} state: keep {key}: {was!r}, or start a new fit without --ckpt_path")
+        elif key in ("lr", "weight_decay") and hparams.get("scheduler") is not None:
+            problems.append(f"{key}: {was!r} in the checkpoint, {now!r} now; the saved {hparams['scheduler']} "
+                            f"schedule sets the learning rate: keep {key}: {was!r}, or start a new fit")
+        else:
+            changes.append(f"{key}: {was!r} -> {now!r}")
+    return problems, changes
+
+
 class PredictionTask(L.LightningModule):
     """Trains and evaluates a sequence-to-sequence frame predictor.
 
     Args:
         net: network config, ``{'name': 'stack', 'cell': 'convlstm', 'layers': 2, ...}`` (any
-            registered model; see :func:`convrnn.registry.model_from_config`).
+            registered model; see :func:`convrnn.registry.model_from_config`), each key checked against
+            and converted to the type its builder declares (:func:`convrnn.netconfig.check_net`).
         loss: ``mse`` | ``l1`` | ``l1+l2`` | ``bce`` (summed per frame, see :mod:`convrnn.losses`).
         optimizer: ``adam`` | ``adamw``; lr, weight_decay: its settings.
         scheduler: None (constant lr) | ``onecycle`` (OneCycleLR, max_lr = lr, over all training
@@ -86,7 +142,7 @@ class PredictionTask(L.LightningModule):
             inductor).  Not together with ``compile``.
     """
 
-    def __init__(self, net: dict, loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
+    def __init__(self, net: dict[str, Any], loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
                  optimizer: Literal["adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  scheduler: Literal["onecycle", "cosine"] | None = None, schedule: dict | None = None,
                  per_sample_mask: bool = True, ssim: Literal["standard", "openstl"] = "standard",
@@ -105,6 +161,7 @@ class PredictionTask(L.LightningModule):
         scope = {**FAST, **(fast if isinstance(fast, dict) else {})}["scope"]
         if scope not in SCOPES:
             raise ValueError(f"fast scope={scope!r}; choose one of {SCOPES}")
+        net = check_net(net)     # typed (before save_hyperparameters, which reads the arguments' values)
         self.save_hyperparameters()
         self.net = model_from_config(net)
         if compile:
@@ -121,8 +178,11 @@ class PredictionTask(L.LightningModule):
         self.test_metrics = PredictionMetrics(ssim=ssim)
         self.test_baseline = PredictionMetrics(ssim=ssim)
         self.test_blank = PredictionMetrics(ssim=ssim)     # the all-zero (black) frame, test only
+        self.test_nowcast: torch.nn.ModuleDict | None = None   # radar data only, see setup()
         self.test_results: dict | None = None
-        self._first_bad: Tensor | None = None    # first step with a non-finite loss, -1 = none
+        # first training step with a non-finite loss, with non-finite input frames, and first evaluation
+        # batch with non-finite input frames (-1 = none), kept on the device
+        self._first_bad: Tensor | None = None
         self._test_count = 0
         self._fast_loss = None                   # the compiled training objective (fast=...)
 
@@ -151,12 +211,12 @@ class PredictionTask(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         frames = frames_of(batch)
         self._check_length(frames)
-        p_in, p_out = self.schedule.probs(self.global_step)
+        p_in, p_out = self.schedule.probs(self.global_step, self.current_epoch)
         mask = sample_mask(p_in, p_out, frames.shape[0], self.in_len, self.out_len, frames.device,
                            per_sample=self.hparams.per_sample_mask)
         self._begin_step(frames.device)
         loss, aux = self._objective(frames.device)(frames, mask)
-        self._record_finite(loss)
+        self._record_finite(loss, frames)
         if self._log_now():     # clones: a CUDA graph's outputs are overwritten by its next replay
             if aux is not None:
                 self.log("train/aux", aux.detach().clone())
@@ -207,26 +267,44 @@ class PredictionTask(L.LightningModule):
         every = self.trainer.log_every_n_steps
         return bool(every) and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
 
-    def _record_finite(self, loss: Tensor) -> None:
+    def _note_bad(self, slot: int, bad: Tensor, index: int) -> None:
+        """Record ``index`` in ``slot`` of ``_first_bad`` if ``bad`` and nothing is recorded there yet
+        (on the device: no host sync)."""
+        if self._first_bad is None or self._first_bad.device != bad.device:
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=bad.device)
+        first = self._first_bad[slot]
+        self._first_bad[slot] = torch.where(bad & (first < 0), index, first)
+
+    def _record_finite(self, loss: Tensor, frames: Tensor | None = None) -> None:
         every = self.hparams.finite_check_every
         if not every:
             return
-        if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach())
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self.global_step, self._first_bad)
+        self._note_bad(0, ~torch.isfinite(loss.detach()), self.global_step)
+        if frames is not None:
+            self._note_bad(1, ~torch.isfinite(frames).all(), self.global_step)
         if (self.global_step + 1) % every == 0:
             self._raise_if_nonfinite()
 
-    def _raise_if_nonfinite(self) -> None:
-        if self._first_bad is None:
-            return
+    def _first_bad_indices(self) -> list[int]:
+        """[loss step, training input step, evaluation input batch], -1 = none: the one host sync."""
+        if not self.hparams.finite_check_every:
+            return [-1, -1, -1]
+        if self._first_bad is None:   # (every rank joins the reduction below, even one that saw no batch)
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=self.device)
         first = self._first_bad
         if self._trainer is not None and self.trainer.world_size > 1:   # every rank stops together
             never = torch.iinfo(torch.long).max
             first = self.trainer.strategy.reduce(torch.where(first < 0, never, first), reduce_op="min")
             first = torch.where(first == never, -1, first)
-        step = int(first.item())   # the one host sync, every `finite_check_every` steps
+        return first.tolist()
+
+    def _raise_if_nonfinite(self) -> None:
+        step, input_step, _ = self._first_bad_indices()   # every `finite_check_every` steps
+        if input_step >= 0:
+            raise NonFiniteInputError(
+                f"the input frames of the training batch at global step {input_step} hold NaN or inf: the data, "
+                "not the model, is broken; find and fix those values (FramesDataModule checks each file when it "
+                "loads it; a DataModule of your own should too)")
         if step >= 0:
             raise NonFiniteLossError(
                 f"the training loss became NaN or inf at global step {step} (found at step {self.global_step}, "
@@ -241,7 +319,44 @@ class PredictionTask(L.LightningModule):
     def on_train_end(self) -> None:
         self._raise_if_nonfinite()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network (or, when resuming a fit, of another optimizer or
+        scheduler: :func:`checkpoint_conflicts`); on a resume without a scheduler, apply this task's lr and
+        weight_decay to the restored optimizer (Lightning restores the optimizer after this hook)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        problems, _ = checkpoint_conflicts(checkpoint.get("hyper_parameters") or {}, self.hparams, fitting)
+        if problems:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise CheckpointMismatchError(f"checkpoint {path or ''} does not fit: " + "; ".join(problems))
+        if fitting and self.hparams.scheduler is None:
+            for state in checkpoint.get("optimizer_states", []):
+                for group in state.get("param_groups", []):
+                    group["lr"], group["weight_decay"] = self.hparams.lr, self.hparams.weight_decay
+
+    # -- non-finite input in evaluation: one check per epoch ------------------------------------
+    def _note_eval_input(self, frames: Tensor, batch_idx: int) -> None:
+        if self.hparams.finite_check_every:
+            self._note_bad(2, ~torch.isfinite(frames).all(), batch_idx)
+
+    def _raise_if_bad_eval_input(self, stage: str) -> None:
+        batch = self._first_bad_indices()[2]
+        if self._first_bad is not None:
+            self._first_bad[2] = -1     # the next evaluation starts clean
+        if batch >= 0:
+            raise NonFiniteInputError(
+                f"the {stage} data hold NaN or inf (first in batch {batch}): the metrics or predictions would be "
+                "NaN; find and fix those values (FramesDataModule checks each file when it loads it)")
+
     # -- evaluation ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Radar data -- a DataModule with a Z-R relation ``zr`` (a, b of Z = a R^b) -- also gets the
+        nowcasting scores at test time, for the model and the copy-last and blank forecasts (built here,
+        before Lightning moves the module to its device; they hold no checkpointed state)."""
+        zr = getattr(self.trainer.datamodule, "zr", None) if self._trainer is not None else None
+        if zr is not None and self.test_nowcast is None:
+            self.test_nowcast = torch.nn.ModuleDict({name: NowcastScores(zr=tuple(zr))
+                                                     for name in ("model", "baseline", "blank")})
+
     def _check_length(self, frames: Tensor) -> None:
         need = self.in_len + self.out_len
         if frames.shape[1] < need:
@@ -249,9 +364,10 @@ class PredictionTask(L.LightningModule):
                              f"{self.in_len} + {self.out_len} = {need}; set the data's seq_len to {need} or "
                              "change net.in_len / net.out_len")
 
-    def _free_run(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _free_run(self, frames: Tensor, batch_idx: int) -> tuple[Tensor, Tensor, Tensor]:
         """Observed frames only -> (predicted future, true future, copy-last baseline) in float32."""
         self._check_length(frames)
+        self._note_eval_input(frames, batch_idx)
         observed = frames[:, :self.in_len]
         future = frames[:, self.in_len:self.in_len + self.out_len].float()
         pred = self.net(observed).future.float()
@@ -260,11 +376,12 @@ class PredictionTask(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         frames = frames_of(batch)
         self._begin_step(frames.device)
-        pred, future, base = self._free_run(frames)
+        pred, future, base = self._free_run(frames, batch_idx)
         self.val_metrics.update(pred, future)
         self.val_baseline.update(base, future)
 
     def on_validation_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("validation")
         model, baseline = self.val_metrics.compute(), self.val_baseline.compute()
         self.val_metrics.reset()
         self.val_baseline.reset()
@@ -279,16 +396,23 @@ class PredictionTask(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> dict | None:
         frames = frames_of(batch)
         self._begin_step(frames.device)
-        pred, future, base = self._free_run(frames)
+        pred, future, base = self._free_run(frames, batch_idx)
+        blank = torch.zeros_like(future)
         self.test_metrics.update(pred, future)
         self.test_baseline.update(base, future)
-        self.test_blank.update(torch.zeros_like(future), future)
+        self.test_blank.update(blank, future)
+        if self.test_nowcast is not None:
+            mask = mask_of(batch)
+            mask = None if mask is None else mask[:, self.in_len:self.in_len + self.out_len]
+            for name, forecast in (("model", pred), ("baseline", base), ("blank", blank)):
+                self.test_nowcast[name].update(forecast, future, mask)
         self._test_count += pred.shape[0]
         if batch_idx == 0:  # the first sequences, for the example GIF/PNGs that RunOutputs writes
             return {"inputs": frames[:, :self.in_len], "targets": future, "predictions": pred}
         return None
 
     def on_test_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("test")
         model, baseline, blank = (m.compute() for m in (self.test_metrics, self.test_baseline, self.test_blank))
         for m in (self.test_metrics, self.test_baseline, self.test_blank):
             m.reset()
@@ -301,14 +425,37 @@ class PredictionTask(L.LightningModule):
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
                              "num_sequences": self._test_count * self.trainer.world_size}
+        if self.test_nowcast is not None:
+            self.test_results["nowcast"] = self._nowcast_results()
+
+    def _nowcast_results(self) -> dict:
+        """The nowcasting scores of model, copy-last and blank forecasts (logged: CSI and HSS per
+        threshold, B-MSE, B-MAE), and the thresholds in mm/h and in pixel values."""
+        results = {}
+        for name, metric in self.test_nowcast.items():
+            out = {k: v.detach().cpu() for k, v in metric.compute().items()}
+            metric.reset()
+            prefix = "test/" if name == "model" else f"test/{name}_"
+            for k, rate in enumerate(metric.skill.rain_thresholds):
+                for score in ("csi", "hss"):
+                    self.log(f"{prefix}{score}_{rate:g}mmh", out[score].reshape(-1)[k])
+            self.log_dict({f"{prefix}{score}": out[score] for score in ("b_mse", "b_mae")})
+            results[name] = out
+        metric = self.test_nowcast["model"]
+        results["thresholds_mmh"], results["zr"] = list(metric.skill.rain_thresholds), list(metric.skill.zr)
+        return results
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         frames = frames_of(batch)
         self._begin_step(frames.device)
+        self._note_eval_input(frames, batch_idx)
         observed = frames[:, :self.in_len]
         seq = self.in_len + self.out_len
         return {"inputs": observed, "predictions": self.net(observed).future,
                 "targets": frames[:, self.in_len:seq] if frames.shape[1] >= seq else None}
+
+    def on_predict_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("predict")
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):
