@@ -334,7 +334,7 @@ def markdown(meta: dict, results: dict) -> str:
             continue
         eager = results.get(f"{name}/eager", {}).get("sequences_per_s")
         openstl = MODELS[name][2]
-        loss = results.get(f"{name}/loss_fp32", {}).get("loss_rel_diff") if path.startswith("fast") else None
+        loss = results.get(f"{name}/loss_fp32", {}).get("loss_rel_diff") if path == "fast" else None   # same scope
         lines.append(f"| {name} | {path} | {r['precision']} | {r['batch']} | {r['sequences_per_s']:,.0f} | "
                      f"{fmt(r['sequences_per_s'] / eager if eager else None, '.2f')} | "
                      f"{fmt(r['sequences_per_s'] / openstl if openstl else None, '.2f')} | {r['step_ms']:.2f} | "
