@@ -47,18 +47,37 @@ def in_blocks(conv, x, n):
                      padding=w.shape[-1] // 2) for i in range(n)]
 
 
-def rec_blocks(op, h):
-    """U_b ∘ h for each block of a RecurrentOp, in block order: conv blocks take consecutive
-    slices of op.conv.weight, Hadamard blocks consecutive rows of op.weight."""
+# docs/models.md §1, written here and not read from the code under test: the kind of the recurrent
+# term U ∘ h of a gate ("g") and of a candidate ("c") under each variant.
+VARIANT_KINDS = {
+    "conv": {"g": "conv", "c": "conv"},             # Conv*: every recurrent term a convolution
+    "indconv": {"g": "hadamard", "c": "conv"},      # ConvIndConv*: gates Hadamard, candidates convolutions
+    "ind": {"g": "hadamard", "c": "hadamard"},      # ConvInd*: every recurrent term a Hadamard product
+}
+
+
+def rec_blocks(op, h, variant, roles):
+    """U_b ∘ h for each block of a RecurrentOp, in block order.  ``roles`` names each block a gate
+    ("g") or a candidate ("c") as the cell's equations do (ConvLSTM's i, f, o, g: "gggc"), and
+    ``variant`` says which of them are convolutions (VARIANT_KINDS), so a module whose blocks have
+    other kinds fails here: conv blocks take consecutive C-row slices of op.conv.weight, Hadamard
+    blocks consecutive rows of op.weight, and both must be used up exactly."""
+    kinds = [VARIANT_KINDS[variant][r] for r in roles]
     out, ci, hi, c = [], 0, 0, op.channels
-    for kind in op.kinds:
+    for kind in kinds:
         if kind == "conv":
+            assert op.conv is not None, f"{variant}: expected convolution blocks {roles!r}, the module has none"
             w = op.conv.weight[ci * c:(ci + 1) * c]
             out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
             ci += 1
         else:
+            assert op.weight is not None, f"{variant}: expected Hadamard blocks {roles!r}, the module has none"
             out.append(op.weight[hi] * h)
             hi += 1
+    n_conv = 0 if op.conv is None else op.conv.weight.shape[0] // c
+    n_had = 0 if op.weight is None else op.weight.shape[0]
+    assert (ci, hi) == (n_conv, n_had), (f"{variant} {roles!r}: expected {ci} convolution and {hi} Hadamard "
+                                         f"blocks, the module has {n_conv} and {n_had}")
     return out
 
 

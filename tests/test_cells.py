@@ -1,7 +1,10 @@
 """Cells against hand-written steps from their equations, for every variant and Hadamard mode.
 
 Each reference step below re-derives the cell from its equations (reference/cells.md) with
-F.conv2d and the module's own weights, split by block by hand; it never calls the module.
+F.conv2d and the module's own weights, split by block by hand; it never calls the module.  Which
+recurrent terms are convolutions and which Hadamard products follows from the variant's definition
+(helpers.VARIANT_KINDS, docs/models.md §1) and each block's role (gate or candidate), never from the
+module's own ``kinds``.
 """
 import math
 
@@ -47,9 +50,9 @@ def add(a, b):
     return [p + q for p, q in zip(a, b)]
 
 
-def ref_convlstm(cell, x, state):
+def ref_convlstm(cell, x, state, variant):
     h, c = state
-    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
+    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "gggc"))  # i, f, o gates; g candidate
     if cell.peephole:
         i = i + cell.w_peep[0] * c
         f = f + cell.w_peep[1] * c
@@ -60,20 +63,20 @@ def ref_convlstm(cell, x, state):
     return h, (h, c)
 
 
-def ref_convgru(cell, x, state):
+def ref_convgru(cell, x, state, variant):
     (h,) = state
     xz, xr, xh = in_blocks(cell.wx, x, 3)
-    uz, ur = rec_blocks(cell.uh, h)
+    uz, ur = rec_blocks(cell.uh, h, variant, "gg")     # z, r gates
     z, r = sig(xz + uz), sig(xr + ur)
-    (uh,) = rec_blocks(cell.uc, r * h)
+    (uh,) = rec_blocks(cell.uc, r * h, variant, "c")  # the candidate
     h = (1 - z) * h + z * tanh(xh + uh)
     return h, (h,)
 
 
-def ref_convjanet(cell, x, state):
+def ref_convjanet(cell, x, state, variant):
     (c,) = state
     xf, xc = in_blocks(cell.wx, x, 2)
-    uf, uc = rec_blocks(cell.uh, c)
+    uf, uc = rec_blocks(cell.uh, c, variant, "gc")    # f gate; candidate
     s = xf + uf
     c = sig(s) * c + (1 - sig(s - 1.0)) * tanh(xc + uc)
     return c, (c,)
@@ -83,24 +86,24 @@ def hard_sigmoid(v):
     return torch.clamp(0.2 * v + 0.5, 0.0, 1.0)
 
 
-def ref_rgclstm(cell, x, state):
+def ref_rgclstm(cell, x, state, variant):
     h, c = state
     xf, xg = in_blocks(cell.wx, x, 2)
-    if cell.recurrent == "conv":  # the paper's W_f * [h; c]: one convolution over the concatenation
+    if variant == "conv":  # the paper's W_f * [h; c]: one convolution over the concatenation
         w = torch.cat([cell.uh.conv.weight[:C], cell.uc.conv.weight], 1)
         uf = F.conv2d(torch.cat([h, c], 1), w, padding=1)
     else:
-        uf = rec_blocks(cell.uh, h)[0] + rec_blocks(cell.uc, c)[0]
-    ug = rec_blocks(cell.uh, h)[1]
+        uf = rec_blocks(cell.uh, h, variant, "gc")[0] + rec_blocks(cell.uc, c, variant, "g")[0]
+    ug = rec_blocks(cell.uh, h, variant, "gc")[1]     # f gate; g candidate
     f = hard_sigmoid(xf + uf)
     c = f * c + f * tanh(xg + ug)
     h = f * tanh(c)
     return h, (h, c)
 
 
-def ref_gem(cell, x, state):
+def ref_gem(cell, x, state, variant):
     h, e = state
-    g, z, ec, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
+    g, z, ec, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "ggcc"))  # gates g, z
     g, z = sig(g), sig(z)
     e = g * e + (1 - g) * tanh(ec)
     h = z * tanh(e) + (1 - z) * tanh(hc)
@@ -126,7 +129,7 @@ def test_step_matches_equations(spec, variant, mode):
     zeros = tuple(torch.zeros(2, C, *SIZE) for _ in STATE_FIELDS[spec[1]])
     for state in (random_state(spec[1]), None):
         h, new, _ = cell(x, None if state is None else cell.init_state(x)._make(state))
-        h_ref, new_ref = ref(cell, x, zeros if state is None else state)
+        h_ref, new_ref = ref(cell, x, zeros if state is None else state, variant)
         assert new._fields == STATE_FIELDS[spec[1]]
         assert new.h is h
         torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)

@@ -35,40 +35,40 @@ def conv1x1(conv, x):
     return F.conv2d(x, conv.weight, conv.bias)
 
 
-def ref_stlstm(cell, x, h, c, m):
+def ref_stlstm(cell, x, h, c, m, variant):
     """PredRNN (Wang et al. 2017): returns h, c, M, ΔC, ΔM."""
     xi, xf, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 7)
-    hi, hf, ho, hg = rec_blocks(cell.uh, h)
-    mi, mf, mg = rec_blocks(cell.um, m)
+    hi, hf, ho, hg = rec_blocks(cell.uh, h, variant, "gggc")   # gates i, f, o; candidate g
+    mi, mf, mg = rec_blocks(cell.um, m, variant, "ggc")        # gates i', f'; candidate g'
     dc = sig(xi + hi) * tanh(xg + hg)
     c = sig(xf + hf) * c + dc
     dm = sig(xi2 + mi) * tanh(xg2 + mg)
     m = sig(xf2 + mf) * m + dm
-    o = sig(xo + ho + rec_blocks(cell.vc, c)[0] + rec_blocks(cell.vm, m)[0])
+    o = sig(xo + ho + rec_blocks(cell.vc, c, variant, "g")[0] + rec_blocks(cell.vm, m, variant, "g")[0])
     h = o * tanh(conv1x1(cell.fuse, torch.cat([c, m], 1)))
     return h, c, m, dc, dm
 
 
-def ref_causal(cell, x, h, c, m):
+def ref_causal(cell, x, h, c, m, variant):
     """PredRNN++ Causal LSTM (Wang et al. 2018, Eq. 3): returns h, c, M."""
     xi, xf, xg, xi2, xf2, xo, xg2 = in_blocks(cell.wx, x, 7)
-    hi, hf, hg = rec_blocks(cell.uh, h)
-    ci, cf, cg = rec_blocks(cell.uc, c)
+    hi, hf, hg = rec_blocks(cell.uh, h, variant, "ggc")        # gates i, f; candidate g
+    ci, cf, cg = rec_blocks(cell.uc, c, variant, "ggc")
     c = sig(xf + hf + cf) * c + sig(xi + hi + ci) * tanh(xg + hg + cg)
-    vi, vf, vo, vg = rec_blocks(cell.vc, c)
-    mi, mf, mg = rec_blocks(cell.um, m)
+    vi, vf, vo, vg = rec_blocks(cell.vc, c, variant, "gggc")   # gates i', f', o; candidate g'
+    mi, mf, mg = rec_blocks(cell.um, m, variant, "ggc")
     m = sig(xf2 + vf + mf) * tanh(conv1x1(cell.w3, m)) + sig(xi2 + vi + mi) * tanh(xg2 + vg + mg)
-    o = xo + vo + rec_blocks(cell.vm, m)[0]
+    o = xo + vo + rec_blocks(cell.vm, m, variant, "g")[0]
     if cell.o_from_h:
-        o = o + rec_blocks(cell.uo, h)[0]
+        o = o + rec_blocks(cell.uo, h, variant, "g")[0]
     h = tanh(o) * tanh(conv1x1(cell.fuse, torch.cat([c, m], 1)))
     return h, c, m
 
 
-def ref_ghu(cell, h, z):
+def ref_ghu(cell, h, z, variant):
     """Gradient Highway Unit: [s, p] = W * h + U ∘ z; z_t = σ(s) ⊙ tanh(p) + (1 - σ(s)) ⊙ z."""
     xs, xp = in_blocks(cell.ghu_x, h, 2)
-    zs, zp = rec_blocks(cell.ghu_z, z)
+    zs, zp = rec_blocks(cell.ghu_z, z, variant, "gc")          # gate s; candidate p
     s = sig(xs + zs)
     return s * tanh(xp + zp) + (1 - s) * z
 
@@ -81,7 +81,7 @@ def test_stlstm_step_matches_equations(name, variant, mode):
     x, h, c, m, m_below = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     state = cell.init_state(x)._replace(h=h, c=c, m=m)
     out, new, _ = cell(x, state, m_below)
-    want = ref_stlstm(cell, x, h, c, m_below)  # M comes from below, not from the cell's own state
+    want = ref_stlstm(cell, x, h, c, m_below, variant)  # M comes from below, not from the cell's own state
     assert torch.allclose(out, want[0], atol=1e-5)
     for got, ref in zip(new, want):
         assert torch.allclose(got, ref, atol=1e-5)
@@ -94,7 +94,7 @@ def test_causal_lstm_step_matches_equations(variant, mode, o_from_h):
     cell = make("predrnnpp", variant, mode, o_from_h=o_from_h)
     x, h, c, m = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(3))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
-    want = ref_causal(cell, x, h, c, m)
+    want = ref_causal(cell, x, h, c, m, variant)
     assert torch.allclose(out, want[0], atol=1e-5)
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(new[:3], want))
     assert new.h_lstm is None
@@ -105,8 +105,8 @@ def test_gradient_highway_matches_equations(variant, mode):
     cell = make("predrnnpp", variant, mode, highway=True)
     x, h, c, m, z = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=z, c=c, h_lstm=h), m)   # h: the output z_{t-1}
-    h_t, c_t, m_t = ref_causal(cell, x, h, c, m)
-    z_t = ref_ghu(cell, h_t, z)
+    h_t, c_t, m_t = ref_causal(cell, x, h, c, m, variant)
+    z_t = ref_ghu(cell, h_t, z, variant)
     assert torch.allclose(out, z_t, atol=1e-5)        # the next layer reads z_t ...
     assert new.h is out                               # ... which is the state's output field
     assert torch.allclose(new.h_lstm, h_t, atol=1e-5)  # ... the Causal LSTM keeps its own h_t
