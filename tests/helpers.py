@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn.layers import RecurrentOp
@@ -79,6 +80,60 @@ def rec_blocks(op, h, variant, roles):
     assert (ci, hi) == (n_conv, n_had), (f"{variant} {roles!r}: expected {ci} convolution and {hi} Hadamard "
                                          f"blocks, the module has {n_conv} and {n_had}")
     return out
+
+
+def dead_blocks(module, channels):
+    """Parameters, or blocks of a fused or stacked parameter, that got no gradient: a convolution's
+    weight and bias are cut into their ``channels``-row output blocks (one per gate or candidate),
+    a stacked weight (Hadamard U of shape (blocks, C, ...), peepholes) into its rows, so a gate that
+    no longer reaches the output is found even when its neighbours in the fused weight are alive."""
+    convs = {id(t) for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)
+             for t in (m.weight, m.bias) if t is not None}
+    dead = []
+    for name, p in module.named_parameters():
+        g = p.grad
+        if g is None:
+            dead.append(name)
+            continue
+        if id(p) in convs:
+            blocks = g.split(channels, 0) if g.shape[0] % channels == 0 else [g]
+        else:
+            blocks = g.unbind(0) if g.dim() >= 3 else [g]
+        dead += [f"{name}[block {i}]" for i, b in enumerate(blocks) if not b.abs().sum() > 0]
+    return dead
+
+
+def resize(x, size):
+    """MS-RNN's operators between layers, written with torch.nn.functional directly: P (max-pool by
+    the integer factor) down, U (bilinear, align_corners=False) up."""
+    h = x.shape[-2]
+    if size[0] < h:
+        return F.max_pool2d(x, h // size[0])
+    if size[0] > h:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x
+
+
+def free_run_by_hand(model, frames, sizes, skips):
+    """The predicted future of a RecurrentStack, unrolled here from its codec and its cells (each
+    tested against its equations elsewhere): observed frames for ``in_len`` steps, then its own
+    predictions; layer l reads U/P(h^{l-1}) + Σ_{j in skips[l]} U/P(h^j) at ``sizes[l]``; the zig-zag
+    memory M goes through every layer, resized (no skip) before each layer that reads it, and
+    re-enters layer 1 from the top at the next step.  ``sizes`` and ``skips`` are the caller's own."""
+    states, m, outs, pred = [None] * len(model.cells), None, [], None
+    for t in range(model.in_len + model.out_len - 1):
+        x = model.codec.encode(frames[:, t] if t < model.in_len else pred)
+        hs = []
+        for l, cell in enumerate(model.cells):
+            if l:
+                x = resize(hs[-1], sizes[l]) + sum(resize(hs[j], sizes[l]) for j in skips[l])
+            if m is not None and cell.zigzag:
+                m = resize(m, sizes[l])
+            h, states[l], m = cell(x, states[l], m)
+            hs.append(h)
+        pred = model.codec.decode(hs[-1])
+        outs.append(pred)
+    return torch.stack(outs[model.in_len - 1:], 1)
 
 
 def hadamard_blocks(module):

@@ -11,11 +11,10 @@ not inductor's generated code)."""
 import pytest
 import torch
 import torch._dynamo
-from helpers import one_thread, randomize  # noqa: F401  (autouse fixture)
+from helpers import dead_blocks, one_thread, randomize  # noqa: F401  (autouse fixture)
 
 from convrnn import cell_families, create_cell, create_model, list_models
 from convrnn.cost import cell_cost
-from convrnn.layers import RecurrentOp
 from convrnn.schedules import sample_mask
 
 C, SIZE = 4, (8, 8)
@@ -67,24 +66,7 @@ def test_cell_backward_reaches_every_parameter(name, variant):
     h, state, m = cell(torch.randn_like(x), state, m)   # second step: recurrent weights see a state
     loss = h.square().sum() + (0 if m is None else m.square().sum())
     loss.backward()
-    assert not dead_blocks(cell), f"no gradient reaches {dead_blocks(cell)}"
-
-
-def dead_blocks(module):
-    """Parameters, or blocks of a fused parameter, that got no gradient: a fused convolution is cut
-    into its C-channel output blocks (one per gate or candidate), a Hadamard weight into its blocks,
-    so a gate that no longer reaches the output is found even when its neighbours in the fused
-    weight are alive."""
-    hadamard = {id(m.weight) for m in module.modules() if isinstance(m, RecurrentOp) and m.weight is not None}
-    dead = []
-    for name, p in module.named_parameters():
-        g = p.grad
-        if g is None:
-            dead.append(name)
-            continue
-        blocks = g.unbind(0) if id(p) in hadamard else g.split(C, 0) if g.shape[0] % C == 0 else [g]
-        dead += [f"{name}[block {i}]" for i, b in enumerate(blocks) if not b.abs().sum() > 0]
-    return dead
+    assert not dead_blocks(cell, C), f"no gradient reaches {dead_blocks(cell, C)}"
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -119,7 +101,7 @@ def test_model_sequence_shapes_and_backward(name):
     assert pred.outputs.shape == pred.targets.shape and pred.outputs.shape[1] >= 3
     loss = (pred.outputs - pred.targets).square().mean() + sum(pred.aux.values(), torch.zeros(()))
     loss.backward()
-    assert not dead_blocks(model), f"no gradient reaches {dead_blocks(model)}"
+    assert not dead_blocks(model, C), f"no gradient reaches {dead_blocks(model, C)}"
     free = model(frames[:, :2])
     assert free.future.shape == (2, 2, 1, 16, 16) and free.targets is None
 
