@@ -258,6 +258,47 @@ def test_janet_forget_bias_default_and_chrono():
         create_cell("convjanet", in_channels=1, channels=2, chrono_tmax=1)
 
 
+# -- forget biases: where they land, read from what the cell does ----------------------------
+# per cell, the memories that a forget gate guards (the cells' equations: f for c in ConvLSTM;
+# f, f' in ST-LSTM; f of MIM-N, MIM-S and f' in MIM and MotionRNN; f, f', f_s and the TDM's f in PrecipLSTM)
+GUARDED = {"convlstm": ("c",), "predrnn": ("c", "m"), "mim": ("n", "s", "m"), "motionrnn": ("n", "s", "m"),
+           "preciplstm": ("c", "m", "ms", "mt")}
+
+
+@pytest.mark.parametrize("name, guarded", GUARDED.items(), ids=list(GUARDED))
+def test_forget_bias_lands_in_the_forget_gates(name, guarded):
+    """Every weight and bias zero except the forget bias b = 20: then each forget gate is σ(20) ≈ 1, each
+    input gate σ(0) = 1/2 and each candidate tanh(0) = 0, so c_t = f ⊙ c + i ⊙ g = c for every memory a
+    forget gate guards.  A bias written into another block (the input gate, say) leaves f = 1/2 and
+    halves that memory."""
+    torch.manual_seed(0)
+    kw = {"neighbourhood": 3} if name == "preciplstm" else {}
+    cell = create_cell(name, in_channels=4, channels=4, size=(6, 6), forget_bias=20.0, **kw)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.where(p == 20.0, p, torch.zeros_like(p)))   # keep only the forget bias
+    assert sum(int((p == 20.0).sum()) for p in cell.parameters()) == 4 * len(guarded)
+    x = torch.randn(2, 4, 6, 6)
+    state = cell(x)[1]
+    state = state._make(None if t is None else torch.randn_like(t) for t in state)
+    _, new, _ = cell(x, state, state.m if cell.zigzag else None)
+    for field in guarded:
+        torch.testing.assert_close(getattr(new, field), getattr(state, field), atol=1e-6, rtol=0, msg=field)
+
+
+def test_convlstm_forget_bias_sets_block_f_only_and_is_off_by_default():
+    torch.manual_seed(3)
+    default = create_cell("convlstm", in_channels=2, channels=3)
+    torch.manual_seed(3)
+    zero = create_cell("convlstm", in_channels=2, channels=3, forget_bias=0.0)
+    torch.manual_seed(3)
+    one = create_cell("convlstm", in_channels=2, channels=3, forget_bias=1.0)
+    assert torch.equal(default.wx.bias, zero.wx.bias)
+    assert torch.equal(one.wx.bias.view(4, 3)[1], torch.ones(3))   # blocks i, f, o, g (the docstring's order)
+    for block in (0, 2, 3):
+        assert torch.equal(one.wx.bias.view(4, 3)[block], zero.wx.bias.view(4, 3)[block])
+
+
 # -- RecurrentOp block order ----------------------------------------------------------------
 @pytest.mark.parametrize("kinds", [("hadamard", "conv", "hadamard"), ("conv", "hadamard", "conv"),
                                    ("hadamard", "hadamard", "conv"),  # permutation not its own inverse
