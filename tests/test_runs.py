@@ -109,16 +109,16 @@ def ddp_fit(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "convrnn", "fit", "--config", str(cfg), "--run_dir", str(root)],
                           env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = runs_of(root)                 # one run directory for both processes
+    (run,) = {p.parent for p in root.glob("*/*/metrics.json")}     # rank 0's
     return cfg, root, run
 
 
 def test_ddp_fit_trains_on_both_ranks_in_one_shared_run_directory(ddp_fit):
     _, root, run = ddp_fit
+    assert runs_of(root) == {run}                                # one run directory for both processes
     ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     assert all(Path(r["run_dir"]) == run for r in ranks)        # rank 1 wrote into rank 0's directory
-    assert runs_of(root) == {run}
     # each rank made both optimizer steps on its own half of the training set (batch 4, 8 sequences)
     assert all(r["steps"] == 2 and len(r["trained"]) == 8 for r in ranks)
     trained = [set(r["trained"]) for r in ranks]
