@@ -67,12 +67,12 @@ def rec_blocks(op, h, variant, roles):
     out, ci, hi, c = [], 0, 0, op.channels
     for kind in kinds:
         if kind == "conv":
-            assert op.conv is not None, f"{variant}: expected convolution blocks {roles!r}, the module has none"
+            assert op.conv is not None, f"{variant} {roles!r}: the module has no convolution block"
             w = op.conv.weight[ci * c:(ci + 1) * c]
             out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
             ci += 1
         else:
-            assert op.weight is not None, f"{variant}: expected Hadamard blocks {roles!r}, the module has none"
+            assert op.weight is not None, f"{variant} {roles!r}: the module has no Hadamard block"
             out.append(op.weight[hi] * h)
             hi += 1
     n_conv = 0 if op.conv is None else op.conv.weight.shape[0] // c

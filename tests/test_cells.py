@@ -52,7 +52,7 @@ def add(a, b):
 
 def ref_convlstm(cell, x, state, variant):
     h, c = state
-    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "gggc"))  # i, f, o gates; g candidate
+    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "gggc"))  # gates i, f, o
     if cell.peephole:
         i = i + cell.w_peep[0] * c
         f = f + cell.w_peep[1] * c

@@ -51,7 +51,7 @@ def test_validation_logs_the_model_and_the_copy_last_baseline_on_the_true_future
         metric = PredictionMetrics()
         metric.update(frames, future)
         assert logged[prefix + "ssim"] == pytest.approx(metric.compute()["ssim"].item(), rel=1e-5)
-    assert logged["val/mse"] != pytest.approx(logged["val/baseline_mse"], rel=1e-3)   # two different forecasts
+    assert logged["val/mse"] != pytest.approx(logged["val/baseline_mse"], rel=1e-3)   # two forecasts
 
 
 # -- bfloat16 --------------------------------------------------------------------------------------
@@ -86,8 +86,9 @@ def test_bf16_training_on_the_cpu_keeps_a_float32_loss(precision):
     task = PredictionTask(NET, lr=3e-3, schedule={"name": "teacher"})
     before = [p.detach().clone() for p in task.parameters()]
     record = Record()
-    quiet_trainer(precision=precision, max_steps=4, limit_val_batches=0, callbacks=[record]).fit(task, Squares())
+    trainer = quiet_trainer(precision=precision, max_steps=4, limit_val_batches=0, callbacks=[record])
+    trainer.fit(task, Squares())
     assert record.outputs == [torch.bfloat16] * 4            # the network computed in bfloat16 ...
     assert [loss.dtype for loss in record.losses] == [torch.float32] * 4   # ... the loss in float32
     assert all(torch.isfinite(loss) for loss in record.losses)
-    assert all(not torch.equal(a.float(), b.float()) for a, b in zip(before, task.parameters()))   # it trained
+    assert all(not torch.equal(a.float(), b.float()) for a, b in zip(before, task.parameters()))  # trained

@@ -10,7 +10,8 @@ from convrnn.cells.motionrnn import MotionGRU, neighbourhood_warp, warp
 from convrnn.cost import analytic_cell_cost, count_ops
 from convrnn.registry import cell_entry
 import helpers
-from helpers import Count, dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, rec_blocks, train_losses
+from helpers import (Count, dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, rec_blocks,
+                     train_losses)
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 sig, tanh = torch.sigmoid, torch.tanh
@@ -251,7 +252,8 @@ def test_hadamard_variants_run_in_the_pyramid(variant, mode):
     assert model.cells[1].uh.n_hadamard == (2 if variant == "indconv" else 3)
     frames = torch.rand(2, 6, 1, 16, 16)
     # layer 4 (back at full scale) adds layer 1's output, the last full-scale layer before the pooling
-    want = free_run_by_hand(model, frames, sizes=[(16, 16), (8, 8), (8, 8), (16, 16)], skips=[(), (), (), (0,)])
+    want = free_run_by_hand(model, frames, sizes=[(16, 16), (8, 8), (8, 8), (16, 16)],
+                            skips=[(), (), (), (0,)])
     torch.testing.assert_close(model(frames).future, want)
 
 

@@ -9,8 +9,8 @@ from convrnn import create_cell, create_model
 from convrnn.cost import analytic_cell_cost, cell_cost
 from convrnn.cells.preciplstm import local_attention
 
-from helpers import (Count, dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, moving_square, rec_blocks,
-                     train_losses)
+from helpers import (Count, dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, moving_square,
+                     rec_blocks, train_losses)
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 from helpers import randomize as _randomize
 

@@ -11,8 +11,8 @@ from torch import nn
 from convrnn import create_cell, create_model
 from convrnn.cost import count_ops
 from convrnn.layers import RecurrentOp
-from helpers import (dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, moving_square, randomize, rec_blocks,
-                     train_losses)
+from helpers import (dead_blocks, free_run_by_hand, hadamard_blocks, in_blocks, moving_square, randomize,
+                     rec_blocks, train_losses)
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 sig, tanh = torch.sigmoid, torch.tanh
@@ -277,7 +277,8 @@ def test_every_model_trains(name, scales):
 @pytest.mark.parametrize("variant,mode", VARIANTS[1:])
 @pytest.mark.parametrize("name", NETS)
 def test_hadamard_variants_run_in_the_ms_pyramid(name, variant, mode):
-    model = randomize(tiny(name, layers=3, scales=(1, 0.5, 1), cell_kw={"recurrent": variant, "hadamard": mode}))
+    cell_kw = {"recurrent": variant, "hadamard": mode}
+    model = randomize(tiny(name, layers=3, scales=(1, 0.5, 1), cell_kw=cell_kw))
     n_had = hadamard_blocks(model)
     assert n_had > 0 and all(c.recurrent == variant for c in model.cells)
     frames = torch.rand(2, 6, 1, 16, 16)

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
               pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")]
 
 TESTS = Path(__file__).resolve().parent
-N_TRAIN, N_VAL, N_TEST = 16, 9, 9      # 9 = 5 + 4 on two processes: Lightning's default sampler would repeat one
+N_TRAIN, N_VAL, N_TEST = 16, 9, 9   # 9 = 5 + 4 on two processes (Lightning's padding would score 10)
 
 
 def digest(sequence: torch.Tensor) -> str:
@@ -102,12 +102,12 @@ def ddp_fit(tmp_path_factory):
     cfg, root = tmp / "ddp.yaml", tmp / "runs"
     cfg.write_text(CONFIG)
     src = Path(convrnn.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(src), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     for key in ("CONVRNN_RUN_DIR", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "convrnn", "fit", "--config", str(cfg), "--run_dir", str(root)],
-                          env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "convrnn", "fit", "--config", str(cfg), "--run_dir", str(root)]
+    proc = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = {p.parent for p in root.glob("*/*/metrics.json")}     # rank 0's
     return cfg, root, run
@@ -143,7 +143,8 @@ def test_ddp_test_scores_every_sequence_exactly_once(ddp_fit):
 def test_test_with_ckpt_path_best_on_one_process_reproduces_the_ddp_metrics(ddp_fit):
     cfg, root, run = ddp_fit
     before = runs_of(root)
-    assert cli_main(["test", "--config", str(cfg), "--run_dir", str(root), "--ckpt_path", "best", *SINGLE]) == 0
+    assert cli_main(["test", "--config", str(cfg), "--run_dir", str(root), "--ckpt_path", "best",
+                     *SINGLE]) == 0
     (single,) = runs_of(root) - before
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
     ddp, one = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
@@ -158,7 +159,8 @@ def test_test_with_ckpt_path_best_on_one_process_reproduces_the_ddp_metrics(ddp_
 def test_validate_with_ckpt_path_best_reproduces_the_ddp_validation(ddp_fit):
     cfg, root, run = ddp_fit
     before = runs_of(root)
-    assert cli_main(["validate", "--config", str(cfg), "--run_dir", str(root), "--ckpt_path", "best", *SINGLE]) == 0
+    assert cli_main(["validate", "--config", str(cfg), "--run_dir", str(root), "--ckpt_path", "best",
+                     *SINGLE]) == 0
     (single,) = runs_of(root) - before
 
     def val_rows(path):

@@ -66,7 +66,8 @@ def test_msrnn_rejects_indivisible_size_naming_smallest_valid():
 ])
 def test_default_scales_are_ms_rnns_pyramid(layers, scales):
     assert default_scales(layers) == scales
-    assert create_model("msrnn", layers=layers, cell="convlstm", channels=2, frame_size=(16, 16)).scales == scales
+    model = create_model("msrnn", layers=layers, cell="convlstm", channels=2, frame_size=(16, 16))
+    assert model.scales == scales
 
 
 # pyramids whose skips differ between searching the earlier layers backward (the nearest mirror
@@ -81,8 +82,8 @@ VALID_PYRAMIDS = [
 def test_skip_comes_from_the_nearest_earlier_layer_at_that_scale(scales, sources):
     assert skip_sources(scales) == sources
     assert skip_sets(scales, "add") == [() if j is None else (j,) for j in sources]
-    model = randomize(create_model("stack", cell="convlstm", layers=len(scales), channels=4, frame_size=(16, 16),
-                                   in_len=2, out_len=2, scales=scales), 0.3)
+    model = randomize(create_model("stack", cell="convlstm", layers=len(scales), channels=4,
+                                   frame_size=(16, 16), in_len=2, out_len=2, scales=scales), 0.3)
     frames = torch.rand(2, 4, 1, 16, 16)
     sizes = [(int(16 * s), int(16 * s)) for s in scales]
     want = free_run_by_hand(model, frames, sizes, [() if j is None else (j,) for j in sources])

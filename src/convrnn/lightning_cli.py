@@ -145,8 +145,8 @@ def _unrepeated(make_loader: Callable[[], Any], trainer: L.Trainer) -> Callable[
                 or isinstance(dl.sampler, DistributedSampler) or isinstance(dl.dataset, IterableDataset)
                 or len(dl.dataset) < world):
             return dl
-        sampler = UnrepeatedDistributedSamplerWrapper(dl.sampler, num_replicas=world, rank=trainer.global_rank,
-                                                      shuffle=False)
+        sampler = UnrepeatedDistributedSamplerWrapper(dl.sampler, num_replicas=world,
+                                                      rank=trainer.global_rank, shuffle=False)
         return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
                           collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
                           timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
