@@ -3,6 +3,7 @@
     convrnn models                          list registered cells and models
     convrnn cost CELL [options] | --config  parameters / multiplications / MACs / memory
     convrnn fit|validate|test|predict --config FILE.yaml [--key value ...]   (Lightning)
+    convrnn data NAME --root DIR [--protocol P] [--json]   check a dataset folder (kth, taxibj, hko7, ...)
 
 To add a command, write ``def name(argv: list[str]) -> int`` (here, or in its own module imported
 lazily) and add one line to :data:`COMMANDS`.
@@ -126,9 +127,16 @@ def lightning(command: str):
     return run
 
 
+def data(argv: list[str]) -> int:
+    """``convrnn data NAME --root DIR``: :func:`convrnn.data.check.main` (imported only when used)."""
+    from .data.check import main as check
+    return check(argv)
+
+
 COMMANDS = {
     "models": models,
     "cost": cost,
+    "data": data,
     "fit": lightning("fit"),
     "validate": lightning("validate"),
     "test": lightning("test"),

@@ -13,6 +13,10 @@
   frames, so nothing of the future can leak in -- and
   :class:`convrnn.metrics.PredictionMetrics` compares ``Prediction.future`` with the true future,
   next to the copy-last-frame baseline. ``val/mse`` selects the best checkpoint.
+- radar data (a DataModule with a Z-R relation ``zr``: HKO-7, RADOLAN): the test epoch also scores the
+  model, the copy-last and the blank forecasts with :class:`convrnn.metrics.NowcastScores` (POD, FAR,
+  CSI, HSS per rain-rate threshold, B-MSE, B-MAE), over the pixels the batch's mask keeps
+  (:func:`convrnn.losses.mask_of`); MSE/MAE/SSIM/PSNR stay over all pixels, as the literature's tables.
 
 A non-finite loss raises :class:`NonFiniteLossError`. To avoid a host synchronisation every step,
 the first bad step is recorded on the device (``torch.where``, no sync) and checked every
@@ -32,8 +36,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .losses import LOSSES, frame_loss, frames_of
-from .metrics import PredictionMetrics, copy_last_baseline
+from .losses import LOSSES, frame_loss, frames_of, mask_of
+from .metrics import NowcastScores, PredictionMetrics, copy_last_baseline
 from .outputs import SCALARS
 from .registry import model_from_config
 from .schedules import create_schedule, sample_mask
@@ -100,6 +104,7 @@ class PredictionTask(L.LightningModule):
         self.test_metrics = PredictionMetrics(ssim=ssim)
         self.test_baseline = PredictionMetrics(ssim=ssim)
         self.test_blank = PredictionMetrics(ssim=ssim)     # the all-zero (black) frame, test only
+        self.test_nowcast: torch.nn.ModuleDict | None = None   # radar data only, see setup()
         self.test_results: dict | None = None
         self._first_bad: Tensor | None = None    # first step with a non-finite loss, -1 = none
         self._test_count = 0
@@ -170,6 +175,15 @@ class PredictionTask(L.LightningModule):
         self._raise_if_nonfinite()
 
     # -- evaluation ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Radar data -- a DataModule with a Z-R relation ``zr`` (a, b of Z = a R^b) -- also gets the
+        nowcasting scores at test time, for the model and the copy-last and blank forecasts (built here,
+        before Lightning moves the module to its device; they hold no checkpointed state)."""
+        zr = getattr(self.trainer.datamodule, "zr", None) if self._trainer is not None else None
+        if zr is not None and self.test_nowcast is None:
+            self.test_nowcast = torch.nn.ModuleDict({name: NowcastScores(zr=tuple(zr))
+                                                     for name in ("model", "baseline", "blank")})
+
     def _check_length(self, frames: Tensor) -> None:
         need = self.in_len + self.out_len
         if frames.shape[1] < need:
@@ -205,9 +219,15 @@ class PredictionTask(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> dict | None:
         frames = frames_of(batch)
         pred, future, base = self._free_run(frames)
+        blank = torch.zeros_like(future)
         self.test_metrics.update(pred, future)
         self.test_baseline.update(base, future)
-        self.test_blank.update(torch.zeros_like(future), future)
+        self.test_blank.update(blank, future)
+        if self.test_nowcast is not None:
+            mask = mask_of(batch)
+            mask = None if mask is None else mask[:, self.in_len:self.in_len + self.out_len]
+            for name, forecast in (("model", pred), ("baseline", base), ("blank", blank)):
+                self.test_nowcast[name].update(forecast, future, mask)
         self._test_count += pred.shape[0]
         if batch_idx == 0:  # the first sequences, for the example GIF/PNGs that RunOutputs writes
             return {"inputs": frames[:, :self.in_len], "targets": future, "predictions": pred}
@@ -226,6 +246,25 @@ class PredictionTask(L.LightningModule):
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
                              "num_sequences": self._sequences_tested()}
+        if self.test_nowcast is not None:
+            self.test_results["nowcast"] = self._nowcast_results()
+
+    def _nowcast_results(self) -> dict:
+        """The nowcasting scores of model, copy-last and blank forecasts (logged: CSI and HSS per
+        threshold, B-MSE, B-MAE), and the thresholds in mm/h and in pixel values."""
+        results = {}
+        for name, metric in self.test_nowcast.items():
+            out = {k: v.detach().cpu() for k, v in metric.compute().items()}
+            metric.reset()
+            prefix = "test/" if name == "model" else f"test/{name}_"
+            for k, rate in enumerate(metric.skill.rain_thresholds):
+                for score in ("csi", "hss"):
+                    self.log(f"{prefix}{score}_{rate:g}mmh", out[score].reshape(-1)[k])
+            self.log_dict({f"{prefix}{score}": out[score] for score in ("b_mse", "b_mae")})
+            results[name] = out
+        metric = self.test_nowcast["model"]
+        results["thresholds_mmh"], results["zr"] = list(metric.skill.rain_thresholds), list(metric.skill.zr)
+        return results
 
     def _sequences_tested(self) -> int:
         """Test sequences scored by all processes together (their shares may differ by a batch)."""
