@@ -136,6 +136,22 @@ def free_run_by_hand(model, frames, sizes, skips):
     return torch.stack(outs[model.in_len - 1:], 1)
 
 
+# MS-RNN pyramid at scales (1, 1/2, 1) on 16x16 frames: layer 3, back at full scale, adds layer 1's output
+PYRAMID3 = {"sizes": [(16, 16), (8, 8), (16, 16)], "skips": [(), (), (0,)]}
+
+
+def check_free_run_by_hand(model, sizes, skips, channels=None, frames=None):
+    """The model's free-run future equals :func:`free_run_by_hand`; with ``channels``, also every
+    block of every parameter gets a gradient from its outputs (and auxiliary losses)."""
+    frames = torch.rand(2, 6, 1, 16, 16) if frames is None else frames
+    pred = model(frames)
+    torch.testing.assert_close(pred.future, free_run_by_hand(model, frames, sizes, skips))
+    if channels is not None:
+        (pred.outputs.square().mean() + sum(pred.aux.values(), torch.zeros(()))).backward()
+        assert not dead_blocks(model, channels), f"no gradient reaches {dead_blocks(model, channels)}"
+    return pred
+
+
 def hadamard_blocks(module):
     """Hadamard blocks of every RecurrentOp inside ``module``."""
     return sum(m.n_hadamard for m in module.modules() if isinstance(m, RecurrentOp))

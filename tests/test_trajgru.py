@@ -9,7 +9,8 @@ from convrnn import create_cell, create_model
 from convrnn.cost import analytic_cell_cost, cell_cost
 from convrnn.cells.trajgru import warp_links
 
-from helpers import VARIANT_KINDS, Count, dead_blocks, free_run_by_hand, moving_square, train_losses
+from helpers import (PYRAMID3, VARIANT_KINDS, Count, check_free_run_by_hand, dead_blocks, moving_square,
+                     train_losses)
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 from helpers import randomize as _randomize
 
@@ -206,13 +207,7 @@ def test_model_trains(name, layers):
 def test_hadamard_variants_run_in_a_pyramid(variant, mode):
     model = create_model("msrnn", cell="trajgru_" + variant, layers=3, scales=(1, 0.5, 1),
                          **{**TINY, "cell_kw": {**TINY["cell_kw"], "hadamard": mode}})
-    randomize(model)
-    frames = torch.rand(2, 6, 1, 16, 16)
-    pred = model(frames)
-    want = free_run_by_hand(model, frames, sizes=[(16, 16), (8, 8), (16, 16)], skips=[(), (), (0,)])
-    torch.testing.assert_close(pred.future, want)
-    pred.outputs.square().sum().backward()
-    assert not dead_blocks(model, 8), f"no gradient reaches {dead_blocks(model, 8)}"
+    check_free_run_by_hand(randomize(model), **PYRAMID3, channels=8)
     if mode == "position":
         assert [tuple(c.uh.weight.shape[-2:]) for c in model.cells] == [(16, 16), (8, 8), (16, 16)]
 
