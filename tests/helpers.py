@@ -236,7 +236,7 @@ def fit_small(tmp_path: Path, dataset: str, stem: str) -> dict:
             "--trainer.accelerator", "cpu", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
     assert cli_main(args) == 0
-    (metrics,) = (tmp_path / "runs").glob("*/*-fit/metrics.json")
+    (metrics,) = (tmp_path / "runs").rglob("*-fit/metrics.json")   # runs/<config path>/<time>-fit
     record = json.loads(metrics.read_text())
     assert np.isfinite(record["mse"]) and len(record["mse_per_frame"]) == net["out_len"]
     assert record["config"]["data"]["init_args"]["root"] == str(root)

@@ -23,7 +23,7 @@ def test_radar_run_reports_nowcasting_scores(tmp_path, dataset):
         assert np.array(record[prefix + "csi_per_frame"]).shape == (net["out_len"], 5)
         assert len(record[prefix + "b_mse_per_frame"]) == net["out_len"]
     assert record["zr"] == ([58.53, 1.56] if dataset == "hko7" else [256.0, 1.42])
-    assert next(tmp_path.glob("runs/*/*-fit/metrics_per_frame.png")).stat().st_size > 0
+    assert next((tmp_path / "runs").rglob("*-fit/metrics_per_frame.png")).stat().st_size > 0
     if dataset == "radolan":
         check_radolan_baseline(tmp_path / "data", record, net)
 

@@ -300,7 +300,7 @@ class MovingMNISTDataModule(L.LightningDataModule):
         if hp.seq_len > t or (h, w) != (hp.image_size, hp.image_size):
             raise ValueError(f"{hp.test_file} holds {t} frames of {h}x{w}, but seq_len={hp.seq_len}, "
                              f"image_size={hp.image_size}; set seq_len <= {t} and image_size={h}")
-        return ArrayFrames(array, layout="TNHW", seq_len=hp.seq_len, windows=False)
+        return ArrayFrames(array, layout="TNHW", seq_len=hp.seq_len, windows=False, source=hp.test_file)
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_sequences,
