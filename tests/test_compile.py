@@ -1,5 +1,7 @@
-"""``PredictionTask(compile=...)`` compiles the network in place.  That every registered network
-traces as one graph is tested over the registry in test_contract.py."""
+"""``PredictionTask(compile=...)`` compiles the network in place and keeps its checkpoint names.
+Backend "eager" (TorchDynamo's trace replayed by eager kernels): the equal losses below only show the
+compiled module is the one that runs, not that inductor's code is right.  That every registered
+network traces as one graph is tested over the registry in test_contract.py."""
 import pytest
 import torch
 import torch._dynamo

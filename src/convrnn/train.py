@@ -122,7 +122,7 @@ class PredictionTask(L.LightningModule):
         compile: ``torch.compile`` the network: ``True`` (defaults) or the keyword arguments of
             :func:`torch.compile` (``{mode: max-autotune, fullgraph: true}``...).  Compiled in place
             (``nn.Module.compile``), so checkpoints keep their parameter names and load either way.
-            Every network is one graph (no breaks: tests/test_compile.py traces each with
+            Every network is one graph (no breaks: tests/test_contract.py traces each with
             ``fullgraph=True``); training and evaluation each compile once per batch shape.
     """
 
@@ -349,7 +349,7 @@ class PredictionTask(L.LightningModule):
                              "blank": {k: v.detach().cpu() for k, v in blank.items()},
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
-                             "num_sequences": self._test_count * self.trainer.world_size}
+                             "num_sequences": self._sequences_tested()}
         if self.test_nowcast is not None:
             self.test_results["nowcast"] = self._nowcast_results()
 
@@ -369,6 +369,11 @@ class PredictionTask(L.LightningModule):
         metric = self.test_nowcast["model"]
         results["thresholds_mmh"], results["zr"] = list(metric.skill.rain_thresholds), list(metric.skill.zr)
         return results
+
+    def _sequences_tested(self) -> int:
+        """Test sequences scored by all processes together (their shares may differ by a batch)."""
+        count = torch.tensor(self._test_count, device=self.device)
+        return int(self.trainer.strategy.reduce(count, reduce_op="sum"))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         frames = frames_of(batch)
