@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn.layers import RecurrentOp
@@ -47,19 +48,108 @@ def in_blocks(conv, x, n):
                      padding=w.shape[-1] // 2) for i in range(n)]
 
 
-def rec_blocks(op, h):
-    """U_b ∘ h for each block of a RecurrentOp, in block order: conv blocks take consecutive
-    slices of op.conv.weight, Hadamard blocks consecutive rows of op.weight."""
+# docs/models.md §1, written here and not read from the code under test: the kind of the recurrent
+# term U ∘ h of a gate ("g") and of a candidate ("c") under each variant.
+VARIANT_KINDS = {
+    "conv": {"g": "conv", "c": "conv"},             # Conv*: every recurrent term a convolution
+    "indconv": {"g": "hadamard", "c": "conv"},      # ConvIndConv*: gates Hadamard, candidates convolutions
+    "ind": {"g": "hadamard", "c": "hadamard"},      # ConvInd*: every recurrent term a Hadamard product
+}
+
+
+def rec_blocks(op, h, variant, roles):
+    """U_b ∘ h for each block of a RecurrentOp, in block order.  ``roles`` names each block a gate
+    ("g") or a candidate ("c") as the cell's equations do (ConvLSTM's i, f, o, g: "gggc"), and
+    ``variant`` says which of them are convolutions (VARIANT_KINDS), so a module whose blocks have
+    other kinds fails here: conv blocks take consecutive C-row slices of op.conv.weight, Hadamard
+    blocks consecutive rows of op.weight, and both must be used up exactly."""
+    kinds = [VARIANT_KINDS[variant][r] for r in roles]
     out, ci, hi, c = [], 0, 0, op.channels
-    for kind in op.kinds:
+    for kind in kinds:
         if kind == "conv":
+            assert op.conv is not None, f"{variant} {roles!r}: the module has no convolution block"
             w = op.conv.weight[ci * c:(ci + 1) * c]
             out.append(F.conv2d(h, w, padding=w.shape[-1] // 2))
             ci += 1
         else:
+            assert op.weight is not None, f"{variant} {roles!r}: the module has no Hadamard block"
             out.append(op.weight[hi] * h)
             hi += 1
+    n_conv = 0 if op.conv is None else op.conv.weight.shape[0] // c
+    n_had = 0 if op.weight is None else op.weight.shape[0]
+    assert (ci, hi) == (n_conv, n_had), (f"{variant} {roles!r}: expected {ci} convolution and {hi} Hadamard "
+                                         f"blocks, the module has {n_conv} and {n_had}")
     return out
+
+
+def dead_blocks(module, channels):
+    """Parameters, or blocks of a fused or stacked parameter, that got no gradient: a convolution's
+    weight and bias are cut into their ``channels``-row output blocks (one per gate or candidate),
+    a stacked weight (Hadamard U of shape (blocks, C, ...), peepholes) into its rows, so a gate that
+    no longer reaches the output is found even when its neighbours in the fused weight are alive."""
+    convs = {id(t) for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)
+             for t in (m.weight, m.bias) if t is not None}
+    dead = []
+    for name, p in module.named_parameters():
+        g = p.grad
+        if g is None:
+            dead.append(name)
+            continue
+        if id(p) in convs:
+            blocks = g.split(channels, 0) if g.shape[0] % channels == 0 else [g]
+        else:
+            blocks = g.unbind(0) if g.dim() >= 3 else [g]
+        dead += [f"{name}[block {i}]" for i, b in enumerate(blocks) if not b.abs().sum() > 0]
+    return dead
+
+
+def resize(x, size):
+    """MS-RNN's operators between layers, written with torch.nn.functional directly: P (max-pool by
+    the integer factor) down, U (bilinear, align_corners=False) up."""
+    h = x.shape[-2]
+    if size[0] < h:
+        return F.max_pool2d(x, h // size[0])
+    if size[0] > h:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return x
+
+
+def free_run_by_hand(model, frames, sizes, skips):
+    """The predicted future of a RecurrentStack, unrolled here from its codec and its cells (each
+    tested against its equations elsewhere): observed frames for ``in_len`` steps, then its own
+    predictions; layer l reads U/P(h^{l-1}) + Σ_{j in skips[l]} U/P(h^j) at ``sizes[l]``; the zig-zag
+    memory M goes through every layer, resized (no skip) before each layer that reads it, and
+    re-enters layer 1 from the top at the next step.  ``sizes`` and ``skips`` are the caller's own."""
+    states, m, outs, pred = [None] * len(model.cells), None, [], None
+    for t in range(model.in_len + model.out_len - 1):
+        x = model.codec.encode(frames[:, t] if t < model.in_len else pred)
+        hs = []
+        for l, cell in enumerate(model.cells):
+            if l:
+                x = resize(hs[-1], sizes[l]) + sum(resize(hs[j], sizes[l]) for j in skips[l])
+            if m is not None and cell.zigzag:
+                m = resize(m, sizes[l])
+            h, states[l], m = cell(x, states[l], m)
+            hs.append(h)
+        pred = model.codec.decode(hs[-1])
+        outs.append(pred)
+    return torch.stack(outs[model.in_len - 1:], 1)
+
+
+# MS-RNN pyramid at scales (1, 1/2, 1) on 16x16 frames: layer 3, back at full scale, adds layer 1's output
+PYRAMID3 = {"sizes": [(16, 16), (8, 8), (16, 16)], "skips": [(), (), (0,)]}
+
+
+def check_free_run_by_hand(model, sizes, skips, channels=None, frames=None):
+    """The model's free-run future equals :func:`free_run_by_hand`; with ``channels``, also every
+    block of every parameter gets a gradient from its outputs (and auxiliary losses)."""
+    frames = torch.rand(2, 6, 1, 16, 16) if frames is None else frames
+    pred = model(frames)
+    torch.testing.assert_close(pred.future, free_run_by_hand(model, frames, sizes, skips))
+    if channels is not None:
+        (pred.outputs.square().mean() + sum(pred.aux.values(), torch.zeros(()))).backward()
+        assert not dead_blocks(model, channels), f"no gradient reaches {dead_blocks(model, channels)}"
+    return pred
 
 
 def hadamard_blocks(module):

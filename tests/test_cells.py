@@ -1,7 +1,10 @@
 """Cells against hand-written steps from their equations, for every variant and Hadamard mode.
 
 Each reference step below re-derives the cell from its equations (reference/cells.md) with
-F.conv2d and the module's own weights, split by block by hand; it never calls the module.
+F.conv2d and the module's own weights, split by block by hand; it never calls the module.  Which
+recurrent terms are convolutions and which Hadamard products follows from the variant's definition
+(helpers.VARIANT_KINDS, docs/models.md §1) and each block's role (gate or candidate), never from the
+module's own ``kinds``.
 """
 import math
 
@@ -15,7 +18,7 @@ from torch import nn
 from convrnn import create_cell
 from convrnn.cost import count_ops
 from convrnn.layers import RecurrentOp
-from helpers import hadamard_blocks, in_blocks, randomize, rec_blocks
+from helpers import dead_blocks, hadamard_blocks, in_blocks, randomize, rec_blocks
 
 sig, tanh = torch.sigmoid, torch.tanh
 
@@ -47,9 +50,9 @@ def add(a, b):
     return [p + q for p, q in zip(a, b)]
 
 
-def ref_convlstm(cell, x, state):
+def ref_convlstm(cell, x, state, variant):
     h, c = state
-    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
+    i, f, o, g = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "gggc"))  # gates i, f, o
     if cell.peephole:
         i = i + cell.w_peep[0] * c
         f = f + cell.w_peep[1] * c
@@ -60,20 +63,20 @@ def ref_convlstm(cell, x, state):
     return h, (h, c)
 
 
-def ref_convgru(cell, x, state):
+def ref_convgru(cell, x, state, variant):
     (h,) = state
     xz, xr, xh = in_blocks(cell.wx, x, 3)
-    uz, ur = rec_blocks(cell.uh, h)
+    uz, ur = rec_blocks(cell.uh, h, variant, "gg")     # z, r gates
     z, r = sig(xz + uz), sig(xr + ur)
-    (uh,) = rec_blocks(cell.uc, r * h)
+    (uh,) = rec_blocks(cell.uc, r * h, variant, "c")  # the candidate
     h = (1 - z) * h + z * tanh(xh + uh)
     return h, (h,)
 
 
-def ref_convjanet(cell, x, state):
+def ref_convjanet(cell, x, state, variant):
     (c,) = state
     xf, xc = in_blocks(cell.wx, x, 2)
-    uf, uc = rec_blocks(cell.uh, c)
+    uf, uc = rec_blocks(cell.uh, c, variant, "gc")    # f gate; candidate
     s = xf + uf
     c = sig(s) * c + (1 - sig(s - 1.0)) * tanh(xc + uc)
     return c, (c,)
@@ -83,24 +86,24 @@ def hard_sigmoid(v):
     return torch.clamp(0.2 * v + 0.5, 0.0, 1.0)
 
 
-def ref_rgclstm(cell, x, state):
+def ref_rgclstm(cell, x, state, variant):
     h, c = state
     xf, xg = in_blocks(cell.wx, x, 2)
-    if cell.recurrent == "conv":  # the paper's W_f * [h; c]: one convolution over the concatenation
+    if variant == "conv":  # the paper's W_f * [h; c]: one convolution over the concatenation
         w = torch.cat([cell.uh.conv.weight[:C], cell.uc.conv.weight], 1)
         uf = F.conv2d(torch.cat([h, c], 1), w, padding=1)
     else:
-        uf = rec_blocks(cell.uh, h)[0] + rec_blocks(cell.uc, c)[0]
-    ug = rec_blocks(cell.uh, h)[1]
+        uf = rec_blocks(cell.uh, h, variant, "gc")[0] + rec_blocks(cell.uc, c, variant, "g")[0]
+    ug = rec_blocks(cell.uh, h, variant, "gc")[1]     # f gate; g candidate
     f = hard_sigmoid(xf + uf)
     c = f * c + f * tanh(xg + ug)
     h = f * tanh(c)
     return h, (h, c)
 
 
-def ref_gem(cell, x, state):
+def ref_gem(cell, x, state, variant):
     h, e = state
-    g, z, ec, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h))
+    g, z, ec, hc = add(in_blocks(cell.wx, x, 4), rec_blocks(cell.uh, h, variant, "ggcc"))  # gates g, z
     g, z = sig(g), sig(z)
     e = g * e + (1 - g) * tanh(ec)
     h = z * tanh(e) + (1 - z) * tanh(hc)
@@ -126,7 +129,7 @@ def test_step_matches_equations(spec, variant, mode):
     zeros = tuple(torch.zeros(2, C, *SIZE) for _ in STATE_FIELDS[spec[1]])
     for state in (random_state(spec[1]), None):
         h, new, _ = cell(x, None if state is None else cell.init_state(x)._make(state))
-        h_ref, new_ref = ref(cell, x, zeros if state is None else state)
+        h_ref, new_ref = ref(cell, x, zeros if state is None else state, variant)
         assert new._fields == STATE_FIELDS[spec[1]]
         assert new.h is h
         torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
@@ -142,14 +145,13 @@ def test_random_state_matters():
 
 
 @pytest.mark.parametrize("spec,variant,mode", CASES)
-def test_gradients_reach_every_parameter(spec, variant, mode):
+def test_gradients_reach_every_block(spec, variant, mode):
     cell = randomize(make(spec, variant, mode))
     x = torch.randn(2, CIN, *SIZE)
     _, s, _ = cell(x)
     _, s, _ = cell(x, s)  # second step: recurrent weights see a non-zero state
     sum(t.square().sum() for t in s).backward()
-    for name, p in cell.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert not dead_blocks(cell, C), f"no gradient reaches {dead_blocks(cell, C)}"
 
 
 # -- structure: which blocks each variant changes --------------------------------------------
@@ -254,6 +256,47 @@ def test_janet_forget_bias_default_and_chrono():
     assert not torch.equal(chrono.wx.bias[64:], torch.ones(64))  # candidate bias untouched
     with pytest.raises(ValueError, match="chrono_tmax"):
         create_cell("convjanet", in_channels=1, channels=2, chrono_tmax=1)
+
+
+# -- forget biases: where they land, read from what the cell does ----------------------------
+# per cell, the memories that a forget gate guards (the cells' equations: f for c in ConvLSTM;
+# f, f' in ST-LSTM; f of MIM-N, MIM-S and f' in MIM and MotionRNN; f, f', f_s and the TDM's f in PrecipLSTM)
+GUARDED = {"convlstm": ("c",), "predrnn": ("c", "m"), "mim": ("n", "s", "m"), "motionrnn": ("n", "s", "m"),
+           "preciplstm": ("c", "m", "ms", "mt")}
+
+
+@pytest.mark.parametrize("name, guarded", GUARDED.items(), ids=list(GUARDED))
+def test_forget_bias_lands_in_the_forget_gates(name, guarded):
+    """Every weight and bias zero except the forget bias b = 20: then each forget gate is σ(20) ≈ 1, each
+    input gate σ(0) = 1/2 and each candidate tanh(0) = 0, so c_t = f ⊙ c + i ⊙ g = c for every memory a
+    forget gate guards.  A bias written into another block (the input gate, say) leaves f = 1/2 and
+    halves that memory."""
+    torch.manual_seed(0)
+    kw = {"neighbourhood": 3} if name == "preciplstm" else {}
+    cell = create_cell(name, in_channels=4, channels=4, size=(6, 6), forget_bias=20.0, **kw)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.where(p == 20.0, p, torch.zeros_like(p)))   # keep only the forget bias
+    assert sum(int((p == 20.0).sum()) for p in cell.parameters()) == 4 * len(guarded)
+    x = torch.randn(2, 4, 6, 6)
+    state = cell(x)[1]
+    state = state._make(None if t is None else torch.randn_like(t) for t in state)
+    _, new, _ = cell(x, state, state.m if cell.zigzag else None)
+    for field in guarded:
+        torch.testing.assert_close(getattr(new, field), getattr(state, field), atol=1e-6, rtol=0, msg=field)
+
+
+def test_convlstm_forget_bias_sets_block_f_only_and_is_off_by_default():
+    torch.manual_seed(3)
+    default = create_cell("convlstm", in_channels=2, channels=3)
+    torch.manual_seed(3)
+    zero = create_cell("convlstm", in_channels=2, channels=3, forget_bias=0.0)
+    torch.manual_seed(3)
+    one = create_cell("convlstm", in_channels=2, channels=3, forget_bias=1.0)
+    assert torch.equal(default.wx.bias, zero.wx.bias)
+    assert torch.equal(one.wx.bias.view(4, 3)[1], torch.ones(3))   # blocks i, f, o, g (the docstring's order)
+    for block in (0, 2, 3):
+        assert torch.equal(one.wx.bias.view(4, 3)[block], zero.wx.bias.view(4, 3)[block])
 
 
 # -- RecurrentOp block order ----------------------------------------------------------------

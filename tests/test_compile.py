@@ -1,5 +1,8 @@
-"""``PredictionTask(compile=...)`` compiles the network in place; ``PredictionTask(fast=...)`` compiles
-the training step (the same losses and gradients as eager mode).  That every registered network traces
+"""``PredictionTask(compile=...)`` compiles the network in place and keeps its checkpoint names
+(backend "eager", TorchDynamo's trace replayed by eager kernels: the equal losses there only show the
+compiled module is the one that runs).  ``PredictionTask(fast=...)`` compiles the training step: the
+same losses and gradients as eager mode, with the kernels inductor generates for this CPU for the
+flat stack and the MS pyramid, traced for every cell family.  That every registered network traces
 as one graph is tested over the registry in test_contract.py."""
 import pytest
 import torch

@@ -11,8 +11,8 @@ from torch import nn
 from convrnn import create_cell, create_model
 from convrnn.cost import count_ops
 from convrnn.layers import RecurrentOp
-from helpers import (hadamard_blocks, in_blocks, moving_square, randomize, rec_blocks,
-                     train_losses)
+from helpers import (PYRAMID3, check_free_run_by_hand, dead_blocks, hadamard_blocks, in_blocks, moving_square,
+                     randomize, rec_blocks, train_losses)
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 sig, tanh = torch.sigmoid, torch.tanh
@@ -38,46 +38,46 @@ def conv1x1(conv, x):
     return F.conv2d(x, conv.weight, conv.bias)
 
 
-def ref_stlstm(cell, x, h, c, m):
+def ref_stlstm(cell, x, h, c, m, variant):
     """PredRNN (Wang et al. 2017): returns h, c, M, ΔC, ΔM."""
     xi, xf, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 7)
-    hi, hf, ho, hg = rec_blocks(cell.uh, h)
-    mi, mf, mg = rec_blocks(cell.um, m)
+    hi, hf, ho, hg = rec_blocks(cell.uh, h, variant, "gggc")   # gates i, f, o; candidate g
+    mi, mf, mg = rec_blocks(cell.um, m, variant, "ggc")        # gates i', f'; candidate g'
     dc = sig(xi + hi) * tanh(xg + hg)
     c = sig(xf + hf) * c + dc
     dm = sig(xi2 + mi) * tanh(xg2 + mg)
     m = sig(xf2 + mf) * m + dm
-    o = sig(xo + ho + rec_blocks(cell.vc, c)[0] + rec_blocks(cell.vm, m)[0])
+    o = sig(xo + ho + rec_blocks(cell.vc, c, variant, "g")[0] + rec_blocks(cell.vm, m, variant, "g")[0])
     h = o * tanh(conv1x1(cell.fuse, torch.cat([c, m], 1)))
     return h, c, m, dc, dm
 
 
-def ref_causal(cell, x, h, c, m, openstl=False):
+def ref_causal(cell, x, h, c, m, variant, openstl=False):
     """PredRNN++ Causal LSTM (Wang et al. 2018, Eq. 3): returns h, c, M.  ``openstl``: OpenSTL's
     CausalLSTMCell, g' = tanh(W x + V ∘ c_t) without the M term and a k x k W_3."""
     xi, xf, xg, xi2, xf2, xo, xg2 = in_blocks(cell.wx, x, 7)
-    hi, hf, hg = rec_blocks(cell.uh, h)
-    ci, cf, cg = rec_blocks(cell.uc, c)
+    hi, hf, hg = rec_blocks(cell.uh, h, variant, "ggc")        # gates i, f; candidate g
+    ci, cf, cg = rec_blocks(cell.uc, c, variant, "ggc")
     c = sig(xf + hf + cf) * c + sig(xi + hi + ci) * tanh(xg + hg + cg)
-    vi, vf, vo, vg = rec_blocks(cell.vc, c)
+    vi, vf, vo, vg = rec_blocks(cell.vc, c, variant, "gggc")   # gates i', f', o; candidate g'
     if openstl:
-        (mi, mf), mg = rec_blocks(cell.um, m), 0
+        (mi, mf), mg = rec_blocks(cell.um, m, variant, "gg"), 0  # gates i', f' only
         w3 = F.conv2d(m, cell.w3.weight, cell.w3.bias, padding=cell.kernel // 2)
     else:
-        mi, mf, mg = rec_blocks(cell.um, m)
+        mi, mf, mg = rec_blocks(cell.um, m, variant, "ggc")
         w3 = conv1x1(cell.w3, m)
     m = sig(xf2 + vf + mf) * tanh(w3) + sig(xi2 + vi + mi) * tanh(xg2 + vg + mg)
-    o = xo + vo + rec_blocks(cell.vm, m)[0]
+    o = xo + vo + rec_blocks(cell.vm, m, variant, "g")[0]
     if cell.o_from_h:
-        o = o + rec_blocks(cell.uo, h)[0]
+        o = o + rec_blocks(cell.uo, h, variant, "g")[0]
     h = tanh(o) * tanh(conv1x1(cell.fuse, torch.cat([c, m], 1)))
     return h, c, m
 
 
-def ref_ghu(cell, h, z):
+def ref_ghu(cell, h, z, variant):
     """Gradient Highway Unit: [s, p] = W * h + U ∘ z; z_t = σ(s) ⊙ tanh(p) + (1 - σ(s)) ⊙ z."""
     xs, xp = in_blocks(cell.ghu_x, h, 2)
-    zs, zp = rec_blocks(cell.ghu_z, z)
+    zs, zp = rec_blocks(cell.ghu_z, z, variant, "gc")          # gate s; candidate p
     s = sig(xs + zs)
     return s * tanh(xp + zp) + (1 - s) * z
 
@@ -90,7 +90,7 @@ def test_stlstm_step_matches_equations(name, variant, mode):
     x, h, c, m, m_below = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     state = cell.init_state(x)._replace(h=h, c=c, m=m)
     out, new, _ = cell(x, state, m_below)
-    want = ref_stlstm(cell, x, h, c, m_below)  # M comes from below, not from the cell's own state
+    want = ref_stlstm(cell, x, h, c, m_below, variant)  # M comes from below, not from the cell's own state
     assert torch.allclose(out, want[0], atol=1e-5)
     for got, ref in zip(new, want):
         assert torch.allclose(got, ref, atol=1e-5)
@@ -103,7 +103,7 @@ def test_causal_lstm_step_matches_equations(variant, mode, o_from_h):
     cell = make("predrnnpp", variant, mode, o_from_h=o_from_h)
     x, h, c, m = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(3))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
-    want = ref_causal(cell, x, h, c, m)
+    want = ref_causal(cell, x, h, c, m, variant)
     assert torch.allclose(out, want[0], atol=1e-5)
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(new[:3], want))
     assert new.h_lstm is None
@@ -114,8 +114,8 @@ def test_gradient_highway_matches_equations(variant, mode):
     cell = make("predrnnpp", variant, mode, highway=True)
     x, h, c, m, z = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=z, c=c, h_lstm=h), m)   # h: the output z_{t-1}
-    h_t, c_t, m_t = ref_causal(cell, x, h, c, m)
-    z_t = ref_ghu(cell, h_t, z)
+    h_t, c_t, m_t = ref_causal(cell, x, h, c, m, variant)
+    z_t = ref_ghu(cell, h_t, z, variant)
     assert torch.allclose(out, z_t, atol=1e-5)        # the next layer reads z_t ...
     assert new.h is out                               # ... which is the state's output field
     assert torch.allclose(new.h_lstm, h_t, atol=1e-5)  # ... the Causal LSTM keeps its own h_t
@@ -129,7 +129,7 @@ def test_causal_lstm_openstl_variant(variant, mode):
     assert cell.w3.kernel_size == (3, 3) and cell.o_from_h and len(cell.um.kinds) == 2
     x, h, c, m = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(3))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
-    want = ref_causal(cell, x, h, c, m, openstl=True)
+    want = ref_causal(cell, x, h, c, m, variant, openstl=True)
     assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip((out, new.c, new.m), want))
     paper = make("predrnnpp", variant, mode)
     assert paper.w3.kernel_size == (1, 1) and not paper.o_from_h and len(paper.um.kinds) == 3
@@ -143,8 +143,8 @@ def test_gradient_highway_on_the_input(variant, mode):
     assert cell.ghu_x.in_channels == CIN and cell.wx.in_channels == C and cell.gating_products == 7
     x, h, c, m, z = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c, z=z), m)
-    z_t = ref_ghu(cell, x, z)
-    h_t, c_t, m_t = ref_causal(cell, z_t, h, c, m)
+    z_t = ref_ghu(cell, x, z, variant)
+    h_t, c_t, m_t = ref_causal(cell, z_t, h, c, m, variant)
     for got, want in ((out, h_t), (new.z, z_t), (new.c, c_t), (new.m, m_t)):
         assert torch.allclose(got, want, atol=1e-5)
     assert new.h is out and new.h_lstm is None
@@ -261,11 +261,10 @@ def total_loss(pred):
 
 @pytest.mark.parametrize("scales", SCALES)
 @pytest.mark.parametrize("name", NETS)
-def test_gradients_reach_every_parameter(name, scales):
+def test_gradients_reach_every_block(name, scales):
     model = tiny(name, layers=2 if scales is None else 3, scales=scales)
     total_loss(model(torch.rand(2, 6, 1, 16, 16))).backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing
+    assert not dead_blocks(model, 4), f"no gradient reaches {dead_blocks(model, 4)}"
 
 
 def test_predrnnpp_preset_puts_the_highway_on_layer_one_only():
@@ -315,11 +314,11 @@ def test_every_model_trains(name, scales):
 @pytest.mark.parametrize("variant,mode", VARIANTS[1:])
 @pytest.mark.parametrize("name", NETS)
 def test_hadamard_variants_run_in_the_ms_pyramid(name, variant, mode):
-    model = tiny(name, layers=3, scales=(1, 0.5, 1), cell_kw={"recurrent": variant, "hadamard": mode})
+    cell_kw = {"recurrent": variant, "hadamard": mode}
+    model = randomize(tiny(name, layers=3, scales=(1, 0.5, 1), cell_kw=cell_kw))
     n_had = hadamard_blocks(model)
     assert n_had > 0 and all(c.recurrent == variant for c in model.cells)
-    pred = model(torch.rand(1, 6, 1, 16, 16))
-    assert pred.future.shape == (1, 2, 1, 16, 16) and torch.isfinite(pred.outputs).all()
+    check_free_run_by_hand(model, **PYRAMID3, channels=4)   # M pooled into layer 2, upsampled into 3
 
 
 def test_hadamard_blocks_are_the_gates():

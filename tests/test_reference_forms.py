@@ -131,23 +131,24 @@ def test_predrnnpp_preset_variants_and_errors():
 
 
 # -- MIM -----------------------------------------------------------------------------------------
-def ref_mim_paper_block(cell, x, delta, state, m):
-    """MIM (paper equations) with the difference δ given: returns h, c, M, N, S."""
+def ref_mim_paper_block(cell, x, delta, state, m, recurrent="conv"):
+    """MIM (paper equations) with the difference δ given: returns h, c, M, N, S.  ``recurrent``: the
+    cell's variant, which says which recurrent terms are convolutions (helpers.VARIANT_KINDS)."""
     h, c, _, n, s = state[:5]
     wi, wf, wg, wo = in_blocks(cell.n_wx, delta, 4)
-    ni, nf, ng = rec_blocks(cell.n_un, n)
+    ni, nf, ng = rec_blocks(cell.n_un, n, recurrent, "ggc")       # gates i, f; candidate g
     n = sig(wf + nf) * n + sig(wi + ni) * tanh(wg + ng)
-    d = sig(wo + rec_blocks(cell.n_uo, n)[0]) * tanh(n)
+    d = sig(wo + rec_blocks(cell.n_uo, n, recurrent, "g")[0]) * tanh(n)
     si, sf, so, sg = in_blocks(cell.s_wd, d, 4)
-    ci, cf, co, cg = rec_blocks(cell.s_uc, c)
+    ci, cf, co, cg = rec_blocks(cell.s_uc, c, recurrent, "gggc")  # gates i, f, o; candidate g
     s = sig(sf + cf) * s + sig(si + ci) * tanh(sg + cg)
-    t = sig(so + co + rec_blocks(cell.s_uo, s)[0]) * tanh(s)
+    t = sig(so + co + rec_blocks(cell.s_uo, s, recurrent, "g")[0]) * tanh(s)
     xi, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 6)
-    hi, ho, hg = rec_blocks(cell.uh, h)
-    mi, mf, mg = rec_blocks(cell.um, m)
+    hi, ho, hg = rec_blocks(cell.uh, h, recurrent, "ggc")          # gates i, o; candidate g
+    mi, mf, mg = rec_blocks(cell.um, m, recurrent, "ggc")          # gates i', f'; candidate g'
     c = t + sig(xi + hi) * tanh(xg + hg)
     m = sig(xf2 + mf) * m + sig(xi2 + mi) * tanh(xg2 + mg)
-    o = sig(xo + ho + rec_blocks(cell.vc, c)[0] + rec_blocks(cell.vm, m)[0])
+    o = sig(xo + ho + rec_blocks(cell.vc, c, recurrent, "g")[0] + rec_blocks(cell.vm, m, recurrent, "g")[0])
     return o * tanh(conv(torch.cat([c, m], 1), cell.fuse)), c, m, n, s, o
 
 
@@ -171,27 +172,28 @@ def test_mim_msrnn_differences_against_the_skip_free_input_of_the_step_before():
     close(alone.h, ref_mim_paper_block(cell, x1, x1 - x0, s0, m)[0])
 
 
-def openstl_module(cell, prefix, u, r, mem):
+def openstl_module(cell, prefix, u, r, mem, recurrent="conv"):
     """OpenSTL's MIMN/MIMS: i, f, o, g = W u + U ∘ r (+ P ⊙ mem on i, f); mem_t; σ(o + P_o ⊙ mem_t) tanh(mem_t).
-    MIM-N has no bias: OpenSTL's constant forget bias (1.0 by default) instead."""
+    MIM-N has no bias: OpenSTL's constant forget bias (1.0 by default) instead.  The peepholes P and
+    P_o are Hadamard products in every variant (OpenSTL's), U ∘ r follows ``recurrent``."""
     w, ur, peep, uo = (getattr(cell, f"{prefix}_{n}") for n in ("wx" if prefix == "n" else "wd",
                                                                  "ud" if prefix == "n" else "uc", "peep", "uo"))
     wi, wf, wo, wg = in_blocks(w, u, 4)
-    ri, rf, ro, rg = rec_blocks(ur, r)
-    pi, pf = rec_blocks(peep, mem)
+    ri, rf, ro, rg = rec_blocks(ur, r, recurrent, "gggc")          # gates i, f, o; candidate g
+    pi, pf = rec_blocks(peep, mem, "ind", "gg")                     # Hadamard whatever the variant
     forget = 1.0 if prefix == "n" else 0.0
     mem = sig(wf + rf + pf + forget) * mem + sig(wi + ri + pi) * tanh(wg + rg)
-    return sig(wo + ro + rec_blocks(uo, mem)[0]) * tanh(mem), mem
+    return sig(wo + ro + rec_blocks(uo, mem, "ind", "g")[0]) * tanh(mem), mem
 
 
-def ref_mim_openstl(cell, x, u, state, m):
+def ref_mim_openstl(cell, x, u, state, m, recurrent="conv"):
     """OpenSTL's MIMBlock + MIMN: shared i, g input terms, o from the old M, S detached."""
     h, c, _, n, s, _, d = state
-    d, n = openstl_module(cell, "n", u, d, n)
-    t, s = openstl_module(cell, "s", d, c, s)
+    d, n = openstl_module(cell, "n", u, d, n, recurrent)
+    t, s = openstl_module(cell, "s", d, c, s, recurrent)
     ai, af, ao, ag = in_blocks(cell.wx, x, 4)
-    hi, ho, hg = rec_blocks(cell.uh, h)
-    mi, mf, mo, mg = rec_blocks(cell.um, m)
+    hi, ho, hg = rec_blocks(cell.uh, h, recurrent, "ggc")           # gates i, o; candidate g
+    mi, mf, mo, mg = rec_blocks(cell.um, m, recurrent, "gggc")      # gates i', f', o; candidate g'
     o = sig(ao + ho + mo)
     c = t + sig(ai + hi) * tanh(ag + hg)
     m = sig(af + mf) * m + sig(ai + mi) * tanh(ag + mg)
@@ -207,24 +209,25 @@ def test_mim_openstl_variant(recurrent, mode):
     h0, s0, _ = cell(x0, None, m)
     assert s0.prev_input is x0
     init = cell.init_state(x0)
-    for got, ref in zip((h0, s0.c, s0.m, s0.n, s0.s, s0.lateral), ref_mim_openstl(cell, x0, 0 * x0, init, m)):
+    for got, ref in zip((h0, s0.c, s0.m, s0.n, s0.s, s0.lateral),
+                        ref_mim_openstl(cell, x0, 0 * x0, init, m, recurrent)):
         close(got, ref)
     # OpenSTL does not run MIM-N at the first step: N_0 = D_0 = 0 exactly, MIM-S reads D = 0
     assert s0.n.abs().max() == 0 and s0.lateral.abs().max() == 0
-    idle = ref_mim_openstl(cell, x0, 0 * x0, init, m)
-    t_idle = openstl_module(cell, "s", torch.zeros_like(x0), init.c, init.s)
+    idle = ref_mim_openstl(cell, x0, 0 * x0, init, m, recurrent)
+    t_idle = openstl_module(cell, "s", torch.zeros_like(x0), init.c, init.s, recurrent)
     close(idle[4], t_idle[1])
     state = s0._replace(h=rand(2, C, *SIZE), c=rand(2, C, *SIZE), n=rand(2, C, *SIZE), s=rand(2, C, *SIZE),
                         lateral=rand(2, C, *SIZE))
     # no openstl layer below: MIM-N reads the input difference
     _, s1, _ = cell(x1, state, m, below=Below(x1, None))
     for got, ref in zip((s1.h, s1.c, s1.m, s1.n, s1.s, s1.lateral),
-                        ref_mim_openstl(cell, x1, x1 - x0, state, m)):
+                        ref_mim_openstl(cell, x1, x1 - x0, state, m, recurrent)):
         close(got, ref)
     # an openstl layer below: MIM-N reads ITS D_t (the cascade), not a difference
     d_below = rand(2, C, *SIZE)
     _, s2, _ = cell(x2, state, m, below=Below(x2, d_below))
-    close(s2.h, ref_mim_openstl(cell, x2, d_below, state, m)[0])
+    close(s2.h, ref_mim_openstl(cell, x2, d_below, state, m, recurrent)[0])
 
 
 def test_mim_openstl_detaches_s_between_steps():
@@ -249,11 +252,11 @@ def test_mim_lstm_memory_is_an_st_lstm():
     x, h, c, m = (rand(2, C, *SIZE) for _ in range(4))
     out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
     xi, xo, xg, xi2, xf2, xg2, xf = in_blocks(cell.wx, x, 7)
-    hi, ho, hf, hg = rec_blocks(cell.uh, h)
-    mi, mf, mg = rec_blocks(cell.um, m)
+    hi, ho, hf, hg = rec_blocks(cell.uh, h, "conv", "gggc")         # gates i, o, f; candidate g
+    mi, mf, mg = rec_blocks(cell.um, m, "conv", "ggc")
     c_t = sig(xf + hf) * c + sig(xi + hi) * tanh(xg + hg)
     m_t = sig(xf2 + mf) * m + sig(xi2 + mi) * tanh(xg2 + mg)
-    o = sig(xo + ho + rec_blocks(cell.vc, c_t)[0] + rec_blocks(cell.vm, m_t)[0])
+    o = sig(xo + ho + rec_blocks(cell.vc, c_t, "conv", "g")[0] + rec_blocks(cell.vm, m_t, "conv", "g")[0])
     close(out, o * tanh(conv(torch.cat([c_t, m_t], 1), cell.fuse)))
     close(new.c, c_t)
     with pytest.raises(ValueError, match="OpenSTL's MIM has no such block"):
@@ -313,7 +316,8 @@ def test_motiongru_msrnn_style_by_hand():
 def block_o(cell, x, h, c_t, m_t):
     """The MIM block's output gate, by hand."""
     _, xo, *_ = in_blocks(cell.wx, x, cell.wx.out_channels // C)
-    return sig(xo + rec_blocks(cell.uh, h)[1] + rec_blocks(cell.vc, c_t)[0] + rec_blocks(cell.vm, m_t)[0])
+    return sig(xo + rec_blocks(cell.uh, h, "conv", "ggc")[1] + rec_blocks(cell.vc, c_t, "conv", "g")[0]
+               + rec_blocks(cell.vm, m_t, "conv", "g")[0])
 
 
 def test_motionrnn_msrnn_runs_block_then_motiongru_then_highway():
@@ -361,7 +365,7 @@ def test_motionrnn_thuml_feeds_back_the_post_motiongru_state_and_passes_the_high
     zeros = torch.zeros(2, C, *SIZE)
     c_t = sig(xi) * tanh(xg)
     m_t = sig(xi2) * tanh(xg2)
-    o = sig(xo + rec_blocks(first.vc, c_t)[0] + rec_blocks(first.vm, m_t)[0])
+    o = sig(xo + rec_blocks(first.vc, c_t, "conv", "g")[0] + rec_blocks(first.vm, m_t, "conv", "g")[0])
     b = o * tanh(conv(torch.cat([c_t, m_t], 1), first.fuse)) + (1 - o) * conv(x3, first.highway_in)
     close(s.lateral, b)
     close(out, first.motion(b, zeros.new_zeros(2, 18, 3, 4), zeros.new_zeros(2, 18, 3, 4))[0])

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from convrnn import create_model
 from convrnn.models.stack import default_scales, skip_sets, skip_sources
+from helpers import check_free_run_by_hand, dead_blocks, randomize
 
 
 def tiny(name="stack", **kw):
@@ -40,10 +41,11 @@ def test_msrnn_pyramid_sizes_skips_and_equal_params():
     assert ms.sizes == [(16, 16), (8, 8), (4, 4), (4, 4), (8, 8), (16, 16)]
     assert ms.skips == [None, None, None, None, 1, 0]
     assert sum(p.numel() for p in flat.parameters()) == sum(p.numel() for p in ms.parameters())
-    out = ms(torch.rand(2, 3, 1, 16, 16)).outputs
-    assert out.shape == (2, 2, 1, 16, 16)
-    out.sum().backward()
-    assert all(p.grad is not None for p in ms.parameters())
+    # docs/models.md §4: layers 5 and 6 add the outputs of layers 2 and 1 (0-based: 4 <- 1, 5 <- 0)
+    sizes = [(16, 16), (8, 8), (4, 4), (4, 4), (8, 8), (16, 16)]
+    pred = check_free_run_by_hand(randomize(ms, 0.3), sizes, [(), (), (), (), (1,), (0,)], channels=4,
+                                  frames=torch.rand(2, 3, 1, 16, 16))
+    assert pred.outputs.shape == (2, 2, 1, 16, 16)
 
 
 def test_msrnn_rejects_indivisible_size_naming_smallest_valid():
@@ -51,11 +53,35 @@ def test_msrnn_rejects_indivisible_size_naming_smallest_valid():
         create_model("msrnn", cell="convlstm", channels=4, frame_size=(18, 18))
 
 
-@pytest.mark.parametrize("layers", [2, 3, 4, 5, 6, 8])
-def test_default_scales_mirror(layers):
-    s = default_scales(layers)
-    assert len(s) == layers and s[0] == 1 and s[-1] == 1 and min(s) >= 0.25
-    assert list(s) == list(s)[::-1]
+@pytest.mark.parametrize("layers, scales", [
+    (6, (1, 1 / 2, 1 / 4, 1 / 4, 1 / 2, 1)),     # MS-RNN's pyramid (docs/models.md §4)
+    # other depths, by the rule: down by 2 until 1/4, flat, then back up the same way
+    (2, (1, 1)), (3, (1, 1 / 2, 1)), (4, (1, 1 / 2, 1 / 2, 1)), (5, (1, 1 / 2, 1 / 4, 1 / 2, 1)),
+    (8, (1, 1 / 2, 1 / 4, 1 / 4, 1 / 4, 1 / 4, 1 / 2, 1)),
+])
+def test_default_scales_are_ms_rnns_pyramid(layers, scales):
+    assert default_scales(layers) == scales
+    model = create_model("msrnn", layers=layers, cell="convlstm", channels=2, frame_size=(16, 16))
+    assert model.scales == scales
+
+
+# pyramids whose skips differ between searching the earlier layers backward (the nearest mirror
+# layer, the rule) and forward (the first one at that scale): 0-based source per layer, by hand
+VALID_PYRAMIDS = [
+    ((1, 0.5, 1, 0.5, 1), [None, None, 0, None, 2]),
+    ((1, 0.5, 0.25, 0.5, 0.25, 0.5, 1), [None, None, None, 1, None, 3, 0]),
+]
+
+
+@pytest.mark.parametrize("scales, sources", VALID_PYRAMIDS)
+def test_skip_comes_from_the_nearest_earlier_layer_at_that_scale(scales, sources):
+    assert skip_sources(scales) == sources
+    assert skip_sets(scales, "add") == [() if j is None else (j,) for j in sources]
+    model = randomize(create_model("stack", cell="convlstm", layers=len(scales), channels=4,
+                                   frame_size=(16, 16), in_len=2, out_len=2, scales=scales), 0.3)
+    sizes = [(int(16 * s), int(16 * s)) for s in scales]
+    check_free_run_by_hand(model, sizes, [() if j is None else (j,) for j in sources],
+                           frames=torch.rand(2, 4, 1, 16, 16))
 
 
 def test_skip_none():
@@ -118,8 +144,8 @@ def test_multi_source_skips_inputs_params_and_gradients(skip):
     for l in range(1, 6):
         want = to(outputs[l - 1], sizes[l]) + sum(to(outputs[j], sizes[l]) for j in skip_sets(MS6, skip)[l])
         assert torch.allclose(inputs[l], want, atol=1e-6), l
-    out.sum().backward()
-    assert all(p.grad is not None for p in ms.parameters())
+    out.square().sum().backward()
+    assert not dead_blocks(ms, 4), f"no gradient reaches {dead_blocks(ms, 4)}"
 
 
 def test_skip_channel_mismatch_error():

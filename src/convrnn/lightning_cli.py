@@ -21,9 +21,11 @@ not the usage.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,11 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from .checkpoints import AtomicCheckpointIO, LastCheckpoint, checkpoint_hparams
 from .netconfig import check_net, net_differences
@@ -154,7 +158,9 @@ class ConvRNNCLI(LightningCLI):
         config = yaml.safe_load(self._parser(sub).dump(cfg, skip_none=False))
         self.outputs = RunOutputs(self.run_dir, config, examples=cfg.examples)
         kwargs["callbacks"] = callbacks + [self.outputs]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        evaluate_each_sequence_once(self.datamodule, trainer)
+        return trainer
 
     def _fit_callbacks(self, given: list, trainer_cfg: dict, logger: Any, every: int) -> list:
         """Best-by-val/mse and last checkpoints, and the learning-rate monitor, unless configured."""
@@ -199,6 +205,43 @@ class ConvRNNCLI(LightningCLI):
 
     def after_predict(self) -> None:
         self._require_batches(self.trainer.num_predict_batches, "test")
+
+
+def evaluate_each_sequence_once(datamodule: L.LightningDataModule | None, trainer: L.Trainer) -> None:
+    """Validation and test data split over the processes without repeats.
+
+    With several processes Lightning gives each evaluation loader a ``DistributedSampler``, which pads
+    the shares to equal length by repeating sequences: 9 test sequences on 2 processes are scored as
+    10.  Here each process gets every ``world_size``-th sequence instead
+    (``UnrepeatedDistributedSamplerWrapper``, as Lightning's own ``predict`` does), so the metrics,
+    summed over the processes, count every sequence exactly once.  Evaluation runs no collective per
+    batch, so shares that differ by one batch are safe.  Loaders Lightning would not re-sample anyway
+    (a distributed sampler already, an iterable dataset, a batch sampler) or with fewer sequences than
+    processes are left as they are."""
+    if datamodule is None:
+        return
+    for hook in ("val_dataloader", "test_dataloader"):
+        if is_overridden(hook, datamodule):
+            setattr(datamodule, hook, _unrepeated(getattr(datamodule, hook), trainer))
+
+
+def _unrepeated(make_loader: Callable[[], Any], trainer: L.Trainer) -> Callable[[], Any]:
+    @functools.wraps(make_loader)       # keeps `is_overridden` true for the datamodule's hook
+    def loader():
+        dl = make_loader()
+        world = trainer.world_size
+        if (world == 1 or type(dl) is not DataLoader or dl.batch_size is None
+                or isinstance(dl.sampler, DistributedSampler) or isinstance(dl.dataset, IterableDataset)
+                or len(dl.dataset) < world):
+            return dl
+        sampler = UnrepeatedDistributedSamplerWrapper(dl.sampler, num_replicas=world,
+                                                      rank=trainer.global_rank, shuffle=False)
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
+                          collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                          timeout=dl.timeout, worker_init_fn=dl.worker_init_fn,
+                          multiprocessing_context=dl.multiprocessing_context, generator=dl.generator,
+                          prefetch_factor=dl.prefetch_factor, persistent_workers=dl.persistent_workers)
+    return loader
 
 
 def cli_main(argv: list[str]) -> int:

@@ -424,7 +424,7 @@ class PredictionTask(L.LightningModule):
                              "blank": {k: v.detach().cpu() for k, v in blank.items()},
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
-                             "num_sequences": self._test_count * self.trainer.world_size}
+                             "num_sequences": self._sequences_tested()}
         if self.test_nowcast is not None:
             self.test_results["nowcast"] = self._nowcast_results()
 
@@ -444,6 +444,11 @@ class PredictionTask(L.LightningModule):
         metric = self.test_nowcast["model"]
         results["thresholds_mmh"], results["zr"] = list(metric.skill.rain_thresholds), list(metric.skill.zr)
         return results
+
+    def _sequences_tested(self) -> int:
+        """Test sequences scored by all processes together (their shares may differ by a batch)."""
+        count = torch.tensor(self._test_count, device=self.device)
+        return int(self.trainer.strategy.reduce(count, reduce_op="sum"))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         frames = frames_of(batch)
