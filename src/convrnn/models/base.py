@@ -1,7 +1,7 @@
-"""What every predictor returns, and the input checks they share."""
+"""What every predictor returns, the input checks they share, and the streaming protocol."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
@@ -28,6 +28,14 @@ class Prediction(NamedTuple):
 class Predictor(nn.Module):
     """Base of sequence-to-sequence frame predictors: holds the sequence layout and checks input.
 
+    Streaming protocol (what :class:`convrnn.Forecaster` and its streams use): ``observe(frame,
+    state) -> state`` feeds one observed frame (B, C, H, W) and keeps the recurrent state (``None``
+    = nothing seen yet); ``rollout(state, steps) -> (B, steps, C, H, W)`` forecasts the next frames
+    from that state without changing it.  ``forecast(frames, steps)`` observes every frame of
+    (B, T, C, H, W) then rolls out; with ``T = in_len`` and ``steps = out_len`` it equals
+    ``forward(frames).future`` (tests/test_forecaster.py checks every registered model).  A subclass
+    that cannot stream keeps the default ``observe``, which raises an error naming the model.
+
     Args:
         frame_channels: C of the frames.
         frame_size: (H, W) of the frames.
@@ -47,7 +55,7 @@ class Predictor(nn.Module):
     def seq_len(self) -> int:
         return self.in_len + self.out_len
 
-    def check_frames(self, frames: Tensor) -> None:
+    def check_frames(self, frames: Tensor, min_len: int | None = None) -> None:
         if frames.dim() != 5:
             raise ValueError(f"expected frames of shape (B, T, C, H, W), got shape {tuple(frames.shape)}; "
                              "add a channel axis for grayscale (frames.unsqueeze(2))")
@@ -58,5 +66,28 @@ class Predictor(nn.Module):
         if (h, w) != self.frame_size:
             raise ValueError(f"model built for {self.frame_size[0]}x{self.frame_size[1]} frames, got {h}x{w}; "
                              f"set frame_size=({h}, {w})")
-        if t < self.in_len:
-            raise ValueError(f"need at least in_len={self.in_len} frames, got {t}")
+        need = self.in_len if min_len is None else min_len
+        if t < need:
+            raise ValueError(f"need at least {need} frames, got {t}")
+
+    # -- streaming ------------------------------------------------------------------------------
+    def observe(self, frame: Tensor, state: Any) -> Any:
+        """Feed one observed frame (B, C, H, W); returns the new streaming state."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement observe/rollout, so it cannot "
+                                  "stream or forecast frame by frame; use forward(frames).future")
+
+    def rollout(self, state: Any, steps: int) -> Tensor:
+        """The next ``steps`` frames (B, steps, C, H, W) after the observed ones; ``state`` is not changed."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement observe/rollout")
+
+    def forecast(self, frames: Tensor, steps: int | None = None) -> Tensor:
+        """Observe every frame of ``frames`` (B, T, C, H, W), T >= 1, then forecast ``steps`` frames
+        (default ``out_len``); more steps than trained run the model on its own outputs."""
+        steps = self.out_len if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps (frames to forecast) must be >= 1, got {steps}")
+        self.check_frames(frames, min_len=1)
+        state = None
+        for t in range(frames.shape[1]):
+            state = self.observe(frames[:, t], state)
+        return self.rollout(state, steps)
