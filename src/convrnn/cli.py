@@ -3,6 +3,8 @@
     convrnn models                          list registered cells and models
     convrnn cost CELL [options] | --config  parameters / multiplications / MACs / memory
     convrnn fit|validate|test|predict --config FILE.yaml [--key value ...]   (Lightning)
+    convrnn predict --ckpt_path CKPT --input FILE_OR_FOLDER [--out_len N] [--output DIR]
+    convrnn export --ckpt_path CKPT --output model.onnx [--mode sequence|step]
 
 To add a command, write ``def name(argv: list[str]) -> int`` (here, or in its own module imported
 lazily) and add one line to :data:`COMMANDS`.
@@ -10,6 +12,7 @@ lazily) and add one line to :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -126,13 +129,21 @@ def lightning(command: str):
     return run
 
 
+def lazy(module: str):
+    """The ``command(argv)`` of ``convrnn.<module>``, imported only when used."""
+    def run(argv: list[str]) -> int:
+        return importlib.import_module(f".{module}", __package__).command(argv)
+    return run
+
+
 COMMANDS = {
     "models": models,
     "cost": cost,
     "fit": lightning("fit"),
     "validate": lightning("validate"),
     "test": lightning("test"),
-    "predict": lightning("predict"),
+    "predict": lazy("predict_cli"),   # --input: a checkpoint on your files; --config: Lightning
+    "export": lazy("export"),
 }
 
 

@@ -274,15 +274,123 @@ def _finish(path: Path, model: nn.Module, mode: str, state: dict, config: dict |
     return [i.name for i in proto.graph.input], [o.name for o in proto.graph.output], state
 
 
-def zero_state(exported: Exported | dict, batch: int = 1) -> dict:
-    """Zeros for every state input of a step graph (numpy float32), the state before the first frame."""
-    import numpy as np
-    shapes = exported.state if isinstance(exported, Exported) else exported
-    return {f"state.{name}": np.zeros((batch, *shape), np.float32) for name, shape in shapes.items()}
-
-
-def onnx_state_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
-    """The per-sample state shapes recorded in an exported step graph's metadata."""
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    """The ``convrnn.*`` metadata of an exported file: mode, in_len, out_len, frame (C, H, W), state
+    (name -> per-sample shape), start (the start graph's file name or ''), config."""
     import onnx
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(meta.get("convrnn.state", "{}"))
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    meta = {k[len("convrnn."):]: v for k, v in props.items() if k.startswith("convrnn.")}
+    if "mode" not in meta:
+        raise ValueError(f"{path} was not written by convrnn export (no convrnn.* metadata)")
+    for key in ("in_len", "out_len"):
+        meta[key] = int(meta[key])
+    for key in ("frame", "state", "config"):
+        meta[key] = json.loads(meta[key])
+    return meta
+
+
+def onnx_forecast(path: str | os.PathLike, frames, steps: int | None = None):
+    """Run an exported file in ONNX Runtime: ``frames`` (B, T, C, H, W) float32 numpy -> the next
+    ``steps`` frames (B, steps, C, H, W).  A sequence graph needs T = in_len and steps <= out_len; a
+    step graph takes any T >= 1 and any steps (the reference implementation of the step protocol in
+    the module docstring: zeros or the start graph first, the state fed back, predictions fed back)."""
+    import numpy as np
+    import onnxruntime as ort
+    meta = onnx_metadata(path)
+    steps = meta["out_len"] if steps is None else steps
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    if meta["mode"] == "sequence":
+        if frames.shape[1] != meta["in_len"] or steps > meta["out_len"]:
+            raise ValueError(f"{path} is a sequence graph: it takes in_len={meta['in_len']} frames and forecasts "
+                             f"out_len={meta['out_len']}; got {frames.shape[1]} frames and steps={steps} "
+                             "(export with --mode step for any lengths)")
+        return session.run(None, {"frames": frames})[0][:, :steps]
+    if meta["mode"] != "step":
+        raise ValueError(f"{path} is a {meta['mode']} graph; run the step graph it belongs to")
+    names = [o.name for o in session.get_outputs()][1:]
+    state = {f"state.{n}": np.zeros((frames.shape[0], *shape), np.float32) for n, shape in meta["state"].items()}
+    start = (ort.InferenceSession(str(Path(path).with_name(meta["start"])), providers=["CPUExecutionProvider"])
+             if meta["start"] else None)
+
+    def step(frame, first):
+        out = (start.run(None, {"frame": frame}) if first and start is not None
+               else session.run(None, {"frame": frame, **state}))
+        state.update({n[len("next_"):]: v for n, v in zip(names, out[1:])})
+        return out[0]
+
+    for t in range(frames.shape[1]):
+        y = step(frames[:, t], t == 0)
+    outputs = [y]
+    for _ in range(steps - 1):
+        outputs.append(step(outputs[-1], False))
+    return np.stack(outputs, 1)
+
+
+# -- the command ------------------------------------------------------------------------------
+def _parser():
+    import argparse
+    p = argparse.ArgumentParser(
+        prog="convrnn export",
+        description="Export a trained network to ONNX and check it in ONNX Runtime (pip install convrnn[deploy]). "
+                    "sequence: frames (B, in_len, C, H, W) -> forecast (B, out_len, C, H, W); step: one recurrent "
+                    "step with the state as named inputs/outputs (state.* -> next_state.*) for streaming.")
+    p.add_argument("--ckpt_path", required=True, metavar="CKPT",
+                   help="a .ckpt written by `convrnn fit`, a directory of Forecaster.save_pretrained, or a shipped name")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE.onnx", help="where to write the graph")
+    p.add_argument("--mode", choices=MODES, default="sequence", help="sequence (default) or step")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="torch.onnx exporter: auto (TorchScript-based, else torch.export-based), torchscript, dynamo")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}; GridSample needs >= 16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the ONNX Runtime check against PyTorch (random frames, max abs difference <= 1e-4)")
+    return p
+
+
+def command(argv: list[str]) -> int:
+    """``convrnn export --ckpt_path CKPT --output model.onnx [--mode sequence|step]`` (see --help)."""
+    from .forecaster import load_forecaster
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.output.exists() and not a.overwrite:
+        p.error(f"{a.output} exists; choose another --output or pass --overwrite")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        p.error("ONNX export needs the onnx package: pip install 'convrnn[deploy]' (onnx, onnxruntime)")
+    try:
+        forecaster = load_forecaster(a.ckpt_path)
+        done = export_onnx(forecaster.model, a.output, a.mode, a.exporter, a.opset, forecaster.config)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    c, (h, w) = forecaster.frame_channels, forecaster.frame_size
+    print(f"convrnn export: wrote {done.path} ({a.mode} graph, opset {a.opset}, {done.exporter} exporter)")
+    if a.mode == "sequence":
+        print(f"  input  frames   (B, {forecaster.in_len}, {c}, {h}, {w}) float32 in [0, 1]")
+        print(f"  output forecast (B, {forecaster.out_len}, {c}, {h}, {w})")
+    else:
+        print(f"  input frame (B, {c}, {h}, {w}) float32 in [0, 1] and the state; outputs prediction "
+              f"(B, {c}, {h}, {w}), the next frame, and next_state.* (feed each back as state.*):")
+        for name, shape in done.state.items():
+            print(f"    state.{name:24s} (B, {', '.join(map(str, shape))})")
+        print("  before the first frame: " + (f"run {done.start.name} instead (frame -> prediction, next_state.*)"
+                                               if done.start else "every state.* is zeros"))
+    return _check(done, forecaster) if a.check else 0
+
+
+def _check(done: Exported, forecaster) -> int:
+    """Compare the file in ONNX Runtime with PyTorch on random frames (batch 3)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("  not checked: onnxruntime is not installed (pip install 'convrnn[deploy]')")
+        return 0
+    import numpy as np
+    c, (h, w) = forecaster.frame_channels, forecaster.frame_size
+    frames = np.random.default_rng(0).random((3, forecaster.in_len, c, h, w), dtype=np.float32)
+    diff = float(np.abs(onnx_forecast(done.path, frames) - forecaster.predict(frames)).max())
+    ok = diff <= 1e-4
+    print(f"  ONNX Runtime vs PyTorch on 3 random sequences: max abs difference {diff:.2e} "
+          f"({'ok' if ok else 'FAILED'}, limit 1e-4)")
+    return 0 if ok else 1

@@ -312,3 +312,18 @@ def _read_config(folder: Path) -> dict:
 def _strip(key: str) -> str:
     """``net.cells.0.wx.weight`` -> ``cells.0.wx.weight`` (and torch.compile's ``_orig_mod.``)."""
     return key[len("net."):].replace("_orig_mod.", "")
+
+
+def load_forecaster(spec: str | os.PathLike, map_location: Any = "cpu") -> Forecaster:
+    """What a command's ``--ckpt_path`` names: a ``convrnn fit`` checkpoint file, a directory written
+    by :meth:`Forecaster.save_pretrained`, or the name of shipped weights.  Never random weights."""
+    path = Path(spec)
+    if path.is_file():
+        return Forecaster.from_checkpoint(path, map_location)
+    if path.is_dir() or str(spec) in list_pretrained():
+        return Forecaster.from_pretrained(spec, map_location)
+    shipped = list_pretrained()
+    raise FileNotFoundError(
+        f"no checkpoint at {str(spec)!r}: give the .ckpt of a fit run (runs/<config>/<run>/checkpoints/last.ckpt "
+        "or best-*.ckpt), a directory written by Forecaster.save_pretrained"
+        + (f", or one of the shipped names {shipped}" if shipped else ""))
