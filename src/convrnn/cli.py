@@ -130,9 +130,13 @@ def lightning(command: str):
 
 
 def lazy(module: str):
-    """The ``command(argv)`` of ``convrnn.<module>``, imported only when used."""
+    """The ``command(argv)`` of ``convrnn.<module>``, imported only when used; its argparse exits
+    (``--help``, usage errors) become exit statuses."""
     def run(argv: list[str]) -> int:
-        return importlib.import_module(f".{module}", __package__).command(argv)
+        try:
+            return importlib.import_module(f".{module}", __package__).command(argv)
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return run
 
 

@@ -26,6 +26,7 @@ warps, needs >= 16).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -158,8 +159,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, mode: str = "sequence
         raise ValueError(f"mode={mode!r}; choose one of {MODES}")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r}; choose one of {EXPORTERS}")
-    model = model.cpu().eval()
     config = config if config is not None else getattr(model, "config", None)
+    model = copy.deepcopy(model).cpu().eval()    # the caller's model keeps its device and mode
     b = 2   # traced with batch 2 so that the batch axis is not specialised to 1
     c, (h, w) = model.frame_channels, model.frame_size
     path = Path(path)
@@ -188,6 +189,7 @@ def _write(graph: nn.Module, args: tuple, path: Path, inputs: list[str], outputs
     """Export one graph to ``path`` atomically; returns the exporter used and the final names/state."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    graph.eval()       # a wrapper starts in training mode, and the exporter restores the mode it found
     try:
         used = _export(graph, args, tmp, inputs, outputs, exporter, opset)
         inputs, outputs, state = _finish(tmp, model, mode, state, config, start)
