@@ -66,9 +66,9 @@ class Predictor(nn.Module):
         if (h, w) != self.frame_size:
             raise ValueError(f"model built for {self.frame_size[0]}x{self.frame_size[1]} frames, got {h}x{w}; "
                              f"set frame_size=({h}, {w})")
-        need = self.in_len if min_len is None else min_len
-        if t < need:
-            raise ValueError(f"need at least {need} frames, got {t}")
+        if t < (self.in_len if min_len is None else min_len):
+            raise ValueError(f"need at least in_len={self.in_len} frames, got {t}" if min_len is None
+                             else f"need at least {min_len} frame(s), got {t}")
 
     # -- streaming ------------------------------------------------------------------------------
     def observe(self, frame: Tensor, state: Any) -> Any:
