@@ -54,6 +54,16 @@ def test_every_cell_family_exports_and_runs_in_onnx_runtime(tmp_path, family):
         ["seq.onnx", "step.onnx"] + ([step.start.name] if step.start else []))   # no temporary files left
 
 
+@pytest.mark.parametrize("variant", ["indconv", "ind"])
+@pytest.mark.parametrize("family", ["convlstm", "convgru", "convjanet", "gem"])
+def test_the_hadamard_variants_export_their_fused_steps(tmp_path, family, variant):
+    """The fused recurrent terms (RecurrentOp.add_to writes into views in eager mode) export intact."""
+    model = tiny_stack(family, recurrent=variant)
+    frames = np.random.default_rng(3).random((3, 2, 1, 16, 16), dtype=np.float32)
+    done = export_onnx(model, tmp_path / "seq.onnx")
+    assert np.abs(onnx_forecast(done.path, frames) - pytorch_forecast(model, frames, 2)).max() <= TOL
+
+
 def test_the_step_graph_names_its_state_and_starts_from_zeros_or_its_start_graph(tmp_path):
     lstm = export_onnx(tiny_stack("convlstm"), tmp_path / "lstm.onnx", mode="step")
     assert lstm.inputs == ["frame", "state.layers.0.h", "state.layers.0.c", "state.layers.1.h", "state.layers.1.c"]

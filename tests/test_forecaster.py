@@ -315,6 +315,15 @@ def test_convrnn_predict_reads_an_mp4_with_pyav(tiny_ckpt, tmp_path):
     np.testing.assert_array_equal(np.load(out / "predictions.npy")[0, :, 0], want.astype(np.float32) / 255)
 
 
+def test_convrnn_predict_writes_a_new_run_directory_by_default(tiny_ckpt, tmp_path, monkeypatch):
+    np.save(tmp_path / "clip.npy", np.zeros((1, 3, 1, 16, 16), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):       # two runs, two directories: the first is never overwritten
+        assert convrnn(["predict", "--ckpt_path", str(tiny_ckpt), "--input", "clip.npy", "--examples", "0"]) == 0
+    runs = sorted((tmp_path / "runs" / "clip").iterdir())
+    assert len(runs) == 2 and all(r.name.endswith("-predict") and (r / "predictions.npy").is_file() for r in runs)
+
+
 def test_convrnn_predict_errors_are_clear(tiny_ckpt, tmp_path, capsys):
     np.save(tmp_path / "big.npy", np.zeros((2, 4, 1, 32, 32), np.uint8))
     np.save(tmp_path / "ok.npy", np.zeros((2, 4, 1, 16, 16), np.uint8))

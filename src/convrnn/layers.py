@@ -146,23 +146,29 @@ class RecurrentOp(nn.Module):
         order (a concatenation and, when Hadamard blocks come first, a permutation) that is then added:
         three more passes over 4·C·H·W values per ConvLSTM step.  ``pre`` may be a channel slice of a
         larger tensor (ConvGRU's gates); autograd sees ordinary in-place ops (the convolution that made
-        ``pre`` does not keep its output for backward).  Several links (TrajGRU) use ``pre + self(h)``."""
+        ``pre`` does not keep its output for backward).  Several links (TrajGRU) use ``pre + self(h)``.
+        During ONNX export the same sums are built out of place (one concatenation of the runs), since the
+        TorchScript exporter drops in-place writes into views."""
         self.check(h)
         if self.links != 1:
             return pre + self(h)
         blocks = pre.unflatten(1, (len(self.kinds), self.channels))     # a view: writes go to pre
         conv = self.conv(h).unflatten(1, (-1, self.channels)) if self.conv is not None else None
         h1 = h.unsqueeze(1)
-        ci = hi = 0
+        exporting = torch.onnx.is_in_onnx_export()   # the TorchScript exporter loses writes into views
+        parts, ci, hi = [], 0, 0
         for kind, start, stop in _runs(self.kinds):
-            n = stop - start
+            n, run = stop - start, blocks[:, start:stop]
             if kind == "conv":
-                blocks[:, start:stop].add_(conv[:, ci:ci + n])
+                parts.append(run + conv[:, ci:ci + n] if exporting else run.add_(conv[:, ci:ci + n]))
                 ci += n
             else:
-                blocks[:, start:stop].addcmul_(self.weight[hi:hi + n], h1)
+                w = self.weight[hi:hi + n]
+                parts.append(torch.addcmul(run, w, h1) if exporting else run.addcmul_(w, h1))
                 hi += n
-        return pre
+        if not exporting:
+            return pre
+        return torch.cat(parts, 1).flatten(1, 2) if len(parts) > 1 else parts[0].flatten(1, 2)
 
     def extra_repr(self) -> str:
         links = f", links={self.links}" if self.links > 1 else ""
