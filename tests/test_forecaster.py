@@ -321,7 +321,7 @@ def test_convrnn_predict_writes_a_new_run_directory_by_default(tiny_ckpt, tmp_pa
     for _ in range(2):       # two runs, two directories: the first is never overwritten
         assert convrnn(["predict", "--ckpt_path", str(tiny_ckpt), "--input", "clip.npy", "--examples", "0"]) == 0
     runs = sorted((tmp_path / "runs" / "clip").iterdir())
-    assert len(runs) == 2 and all(r.name.endswith("-predict") and (r / "predictions.npy").is_file() for r in runs)
+    assert len(runs) == 2 and all("-predict" in r.name and (r / "predictions.npy").is_file() for r in runs)
 
 
 def test_convrnn_predict_errors_are_clear(tiny_ckpt, tmp_path, capsys):
