@@ -120,3 +120,37 @@ def train_losses(model, frames, teacher, lr, steps=30, loss_fn=mse_loss):
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def fit_small(tmp_path: Path, dataset: str, stem: str) -> dict:
+    """``convrnn fit --config configs/<dataset>/<stem>.yaml --data.root DIR`` for 2 steps on a small dataset in
+    the real format, the net narrowed to 4 channels (16x16 frames) by a second config; checks the run and
+    returns its metrics.json."""
+    import json
+
+    import numpy as np
+
+    from convrnn.lightning_cli import cli_main
+    from formats import SMALL_DATASETS
+
+    root = tmp_path / "data"
+    root.mkdir()
+    extra = SMALL_DATASETS[dataset](root)
+    net = load_config(dataset, stem)["model"]["net"]
+    narrow = tmp_path / "narrow.yaml"    # a second config replaces the net: 4 channels, 16x16 frames
+    small = {**net, "channels": 4, "frame_size": [32, 32] if dataset == "taxibj" else [16, 16]}
+    narrow.write_text(yaml.safe_dump({"model": {"net": small}}))
+    args = ["fit", "--config", str(CONFIGS / dataset / f"{stem}.yaml"), "--config", str(narrow),
+            "--data.root", str(root), "--run_dir", str(tmp_path / "runs"),
+            "--data.batch_size", "1", "--data.num_workers", "0", "--trainer.max_steps", "2",
+            "--trainer.accelerator", "cpu", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+    assert cli_main(args) == 0
+    (metrics,) = (tmp_path / "runs").rglob("*-fit/metrics.json")   # runs/<config path>/<time>-fit
+    record = json.loads(metrics.read_text())
+    assert np.isfinite(record["mse"]) and len(record["mse_per_frame"]) == net["out_len"]
+    assert record["config"]["data"]["init_args"]["root"] == str(root)
+    protocol = record["data_protocol"]       # the DataModule's protocol, with the test's overrides
+    assert protocol["name"] == load_config(dataset, stem)["data"]["init_args"].get("protocol", "default")
+    assert set(protocol) == {"name", "source", "settings", "overrides", "unverified"}
+    return record

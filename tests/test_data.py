@@ -197,7 +197,9 @@ def test_moving_mnist_errors(train_digits):
 
 
 def write_fake_test_file(path, t=4, n=3, size=8):
-    array = (np.arange(t * n * size * size) % 251).astype(np.uint8).reshape(t, n, size, size)
+    """A time-major (T, N, H, W) uint8 file whose frames change slowly in time, as a video's do."""
+    t_, n_, y, x = np.meshgrid(*(np.arange(k) for k in (t, n, size, size)), indexing="ij")
+    array = ((t_ + 37 * n_ + 5 * y + 3 * x) % 251).astype(np.uint8)
     np.save(path, array)
     return array
 

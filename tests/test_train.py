@@ -25,8 +25,8 @@ from convrnn.schedules import SCHEDULES
 from convrnn.checkpoints import AtomicCheckpointIO
 from convrnn.lightning_cli import cli_main
 from convrnn.losses import frame_loss
-from convrnn.runs import existing_best
-from convrnn.train import NonFiniteLossError, PredictionTask
+from convrnn.runs import existing_best, run_key
+from convrnn.train import NonFiniteInputError, NonFiniteLossError, PredictionTask
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log"),
               pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")]
@@ -251,17 +251,18 @@ def test_nonfinite_loss_is_recorded_without_sync_and_reported_with_its_step(monk
         task._record_finite(torch.tensor(2.0))
 
 
-def test_nan_loss_during_fit_raises_a_clear_error(tmp_path):
+def test_nan_in_the_data_during_fit_is_reported_as_the_data(tmp_path):
+    """NaN frames make the loss NaN too; the error names the input (the cause), not the loss."""
     cfg = _config(tmp_path)
-    with pytest.raises(NonFiniteLossError, match=r"NaN or inf at global step 0.*Lower the learning rate"):
+    with pytest.raises(NonFiniteInputError, match=r"input frames of the training batch at global step 0 hold NaN"):
         cli_main(["fit", "--config", str(cfg), "--run_dir", str(tmp_path / "runs"),
-                  "--data.init_args.nan", "true"])
+                  "--data.init_args.nan", "true", "--trainer.num_sanity_val_steps", "0"])
 
 
 # -- the CLI: fit, test, resume, predict ------------------------------------------------------------
 def test_fit_leaves_a_complete_run_directory(fitted):
-    _, root, run = fitted
-    assert run.parent == root / "tiny" and run.name.endswith("-fit")
+    cfg, root, run = fitted
+    assert run.parent == root / run_key(cfg) and run.name.endswith("-fit")
     ckpts = run / "checkpoints"
     best = list(ckpts.glob("best-*.ckpt"))
     assert len(best) == 1 and (ckpts / "last.ckpt").is_file()
@@ -329,7 +330,7 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not list(root.glob("killed/*/checkpoints/last.ckpt")):
+        while not list(root.glob("killed-*/*/checkpoints/last.ckpt")):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.05)
@@ -339,7 +340,7 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    (first,) = root.glob("killed/*")
+    (first,) = root.glob("killed-*/*")
     # (a kill in the middle of a save leaves that save's .last.ckpt.<pid>.tmp beside an intact last.ckpt)
     step = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert step >= 3

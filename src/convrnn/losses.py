@@ -44,8 +44,9 @@ def frame_loss(outputs: Tensor, targets: Tensor, kind: str = "mse") -> Tensor:
 
 def frames_of(batch: Any) -> Tensor:
     """A batch is a (B, T, C, H, W) tensor, or a tuple/list whose first item is, or a dict with
-    ``'frames'``: float in [0, 1], or uint8 in 0..255, divided by 255 here, on the device (what
-    :class:`convrnn.data.MovingMNISTDataModule` sends: a quarter of the bytes to copy)."""
+    ``'frames'`` (and optionally ``'mask'``, see :func:`mask_of`): float in [0, 1], or uint8 in 0..255,
+    divided by 255 here, on the device (what :class:`convrnn.data.MovingMNISTDataModule` sends: a
+    quarter of the bytes to copy)."""
     if isinstance(batch, dict):
         batch = batch["frames"]
     elif isinstance(batch, (tuple, list)):
@@ -55,3 +56,17 @@ def frames_of(batch: Any) -> Tensor:
         raise ValueError(f"expected a batch of frames (B, T, C, H, W), got {shape}; the DataModule must "
                          "yield float tensors in [0, 1] or uint8 tensors (0..255) of that shape")
     return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+
+
+def mask_of(batch: Any) -> Tensor | None:
+    """The validity mask of a batch, bool (B, T, C, H, W) or broadcastable to its frames (True = use the
+    pixel), or None: a dict batch ``{"frames", "mask"}`` (radar data: HKO-7, RADOLAN) carries one."""
+    mask = batch.get("mask") if isinstance(batch, dict) else None
+    if mask is None:
+        return None
+    frames = batch["frames"]
+    if not isinstance(mask, Tensor) or mask.dim() != 5 or mask.shape[:2] != frames.shape[:2]:
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"the batch's 'mask' must be a (B, T, C, H, W) tensor like its frames "
+                         f"{tuple(frames.shape)}, got {shape}")
+    return mask.bool()

@@ -25,6 +25,8 @@ the border, so it differs from Wang's definition near the edges.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -184,4 +186,220 @@ class PredictionMetrics(Metric):
         return out
 
 
-__all__ = ["SSIM_CONVENTIONS", "PredictionMetrics", "copy_last_baseline", "psnr", "ssim"]
+# -- nowcasting scores ---------------------------------------------------------------------------
+# Radar pixels p in [0, 1] hold reflectivity dBZ = 70 p - 10 (HKO-7's PNGs / 255; RADOLAN after the MS-RNN
+# conversion); a Z-R relation Z = a R^b (Z = 10^(dBZ/10), R in mm/h) turns rain rates into pixel values.
+ZR_HKO7 = (58.53, 1.56)          # Shi et al. 2017 (HKO-7), nowcasting/config.py
+ZR_DWD = (256.0, 1.42)           # MS-RNN's German radar conversion (util/load_DWD.py)
+RAIN_THRESHOLDS = (0.5, 2.0, 5.0, 10.0, 30.0)          # mm/h, the HKO-7 benchmark's
+BALANCING_WEIGHTS = (1.0, 1.0, 2.0, 5.0, 10.0, 30.0)   # B-MSE / B-MAE weight per rain-rate band
+
+
+def rain_to_pixel(rate, zr: tuple[float, float] = ZR_HKO7):
+    """Rain rate R (mm/h) -> pixel value p = (10 log10(a R^b) + 10) / 70 (not clipped; R = 0 gives -inf)."""
+    a, b = zr
+    rate = torch.as_tensor(rate, dtype=torch.float64)
+    return (10.0 * (math.log10(a) + b * torch.log10(rate)) + 10.0) / 70.0
+
+
+def pixel_to_rain(pixel, zr: tuple[float, float] = ZR_HKO7):
+    """Pixel value p -> rain rate R = (10^((70 p - 10) / 10) / a)^(1 / b) in mm/h (inverse of rain_to_pixel)."""
+    a, b = zr
+    dbz = 70.0 * torch.as_tensor(pixel, dtype=torch.float64) - 10.0
+    return (10.0 ** (dbz / 10.0) / a) ** (1.0 / b)
+
+
+def _event_thresholds(thresholds, zr) -> Tensor:
+    """Thresholds in mm/h -> pixel values with ``zr``; ``zr=None``: already in the data's units."""
+    values = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if values.numel() == 0:
+        raise ValueError("give at least one threshold")
+    if zr is None:
+        return values
+    if (values <= 0).any():
+        raise ValueError(f"rain-rate thresholds must be > 0 mm/h, got {values.tolist()}")
+    return rain_to_pixel(values, zr)
+
+
+def _check_pair(pred: Tensor, truth: Tensor, mask: Tensor | None) -> Tensor | None:
+    if pred.shape != truth.shape or pred.dim() != 5:
+        raise ValueError(f"pred and truth must both be (B, T, C, H, W) of one shape, got {tuple(pred.shape)} "
+                         f"and {tuple(truth.shape)}")
+    if mask is None:
+        return None
+    try:
+        return torch.broadcast_to(mask.to(device=pred.device, dtype=torch.bool), pred.shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the frames "
+                         f"{tuple(pred.shape)}") from None
+
+
+class SkillScores(Metric):
+    """Categorical nowcasting scores (POD, FAR, CSI, HSS) from contingency counts accumulated over the
+    whole test set, overall and per lead time.
+
+    For each threshold an *event* is a value >= threshold (the HKO-7 convention; pysteps uses >).  Over the
+    pixels where ``mask`` is True (all when it is None): hits TP (event predicted and observed), misses FN
+    (observed only), false alarms FP (predicted only), correct negatives TN (neither). Then
+
+        POD = TP / (TP + FN)    FAR = FP / (TP + FP)    CSI = TP / (TP + FN + FP)
+        HSS = 2 (TP TN - FN FP) / ((TP + FN)(FN + TN) + (TP + FP)(FP + TN))
+
+    (NaN where a denominator is 0).  Counts are summed first, so the scores weigh every pixel of the test
+    set equally (never a mean of per-batch scores).  Shi et al., "Deep learning for precipitation
+    nowcasting: a benchmark and a new model" (NeurIPS 2017), HKO-7 code nowcasting/hko_evaluation.py.
+
+    Args:
+        thresholds: rain rates in mm/h (default 0.5, 2, 5, 10, 30), converted to pixel values with ``zr``;
+            with ``zr=None`` they are taken in the data's own units.
+        zr: (a, b) of Z = a R^b (:data:`ZR_HKO7`, :data:`ZR_DWD`), or None.
+
+    ``update(pred, truth, mask=None)``: (B, T, C, H, W) in the data's units (pixels in [0, 1]); mask bool,
+    broadcastable to them.  ``compute()``: ``pod``, ``far``, ``csi``, ``hss`` (K,) float64, one per
+    threshold; ``<score>_per_frame`` (T, K); the counts ``hits``, ``misses``, ``false_alarms``,
+    ``correct_negatives`` (T, K) int64; ``thresholds`` (K,) in the data's units.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+    COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
+
+    def __init__(self, thresholds=RAIN_THRESHOLDS, zr: tuple[float, float] | None = ZR_HKO7, **kwargs):
+        super().__init__(**kwargs)
+        self.rain_thresholds = tuple(float(t) for t in torch.as_tensor(thresholds).flatten().tolist())
+        self.zr = None if zr is None else (float(zr[0]), float(zr[1]))
+        self.register_buffer("levels", _event_thresholds(thresholds, zr), persistent=False)
+        for name in self.COUNTS:   # 0-d until the first update, then (T, K)
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> None:
+        mask = _check_pair(pred, truth, mask)
+        t = pred.shape[1]
+        if self.hits.dim() and self.hits.shape[0] != t:
+            raise ValueError(f"every batch must have the same number of frames: got T={t} after "
+                             f"T={self.hits.shape[0]}")
+        counts = {name: [] for name in self.COUNTS}
+        for level in self.levels.tolist():   # one threshold at a time: no (K, B, T, C, H, W) tensor
+            p, o = pred.detach() >= level, truth.detach() >= level
+            cells = {"hits": p & o, "misses": ~p & o, "false_alarms": p & ~o, "correct_negatives": ~p & ~o}
+            for name, cell in cells.items():
+                cell = cell if mask is None else cell & mask
+                counts[name].append(cell.transpose(0, 1).reshape(t, -1).sum(1))
+        for name, parts in counts.items():
+            setattr(self, name, getattr(self, name) + torch.stack(parts, 1))
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.hits.dim() == 0:
+            raise RuntimeError("SkillScores.compute() called before any update(pred, truth)")
+        per_frame = skill_scores(*(getattr(self, name).double() for name in self.COUNTS))
+        overall = skill_scores(*(getattr(self, name).sum(0).double() for name in self.COUNTS))
+        out = {name: value for name, value in overall.items()}
+        out.update({f"{name}_per_frame": value for name, value in per_frame.items()})
+        out.update({name: getattr(self, name).clone() for name in self.COUNTS})
+        out["thresholds"] = self.levels.clone()
+        return out
+
+
+def skill_scores(hits: Tensor, misses: Tensor, false_alarms: Tensor,
+                 correct_negatives: Tensor) -> dict[str, Tensor]:
+    """POD, FAR, CSI, HSS from contingency counts (any shape, elementwise; NaN where undefined)."""
+    a, c, b, d = hits, misses, false_alarms, correct_negatives
+    return {"pod": a / (a + c), "far": b / (a + b), "csi": a / (a + b + c),
+            "hss": 2 * (a * d - c * b) / ((a + c) * (c + d) + (a + b) * (b + d))}
+
+
+class BalancedErrors(Metric):
+    """Balanced MSE and MAE (B-MSE, B-MAE) of the HKO-7 benchmark, overall and per lead time.
+
+    Each pixel's error is weighted by the rain rate R of the ground truth: w = 1 for R < 2 mm/h, 2 for
+    [2, 5), 5 for [5, 10), 10 for [10, 30), 30 for R >= 30 (``weights`` per band of ``thresholds``:
+    w = weights[0] + sum_k (weights[k+1] - weights[k]) [truth >= threshold_k]), times the mask; then
+
+        B-MSE = sum over C x H x W of w (pred - truth)^2, averaged over frames and sequences (B-MAE: |.|).
+
+    Scale: pixel values in [0, 1], no further factor (as nowcasting/hko_evaluation.py evaluates; the HKO-7
+    *training loss* multiplies by NORMAL_LOSS_GLOBAL_SCALE = 5e-5, which is not applied here).
+    ``update(pred, truth, mask=None)`` as :class:`SkillScores`; ``compute()``: ``b_mse``, ``b_mae`` (0-d) and
+    ``b_mse_per_frame``, ``b_mae_per_frame`` (T,).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = False
+
+    def __init__(self, thresholds=RAIN_THRESHOLDS, weights=BALANCING_WEIGHTS,
+                 zr: tuple[float, float] | None = ZR_HKO7, **kwargs):
+        super().__init__(**kwargs)
+        weights = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        levels = _event_thresholds(thresholds, zr)
+        if weights.numel() != levels.numel() + 1:
+            raise ValueError(f"weights needs one value per band: len(thresholds) + 1 = {levels.numel() + 1}, "
+                             f"got {weights.numel()}")
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("weights", weights, persistent=False)
+        for name in ("b_mse_sum", "b_mae_sum"):   # 0-d until the first update, then (T,)
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def pixel_weights(self, truth: Tensor) -> Tensor:
+        """The weight of every pixel of ``truth`` (float64, same shape)."""
+        w = torch.full(truth.shape, float(self.weights[0]), dtype=torch.float64, device=truth.device)
+        steps = self.weights.diff().tolist()
+        for level, step in zip(self.levels.tolist(), steps):
+            w += step * (truth >= level)
+        return w
+
+    def update(self, pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> None:
+        mask = _check_pair(pred, truth, mask)
+        t = pred.shape[1]
+        if self.count > 0 and self.b_mse_sum.shape != (t,):
+            raise ValueError(f"every batch must have the same number of frames: got T={t} after "
+                             f"T={self.b_mse_sum.numel()}")
+        w = self.pixel_weights(truth.detach())
+        if mask is not None:
+            w = w * mask
+        err = pred.detach().double() - truth.detach().double()
+        self.b_mse_sum = self.b_mse_sum + (w * err.square()).flatten(2).sum(2).sum(0)
+        self.b_mae_sum = self.b_mae_sum + (w * err.abs()).flatten(2).sum(2).sum(0)
+        self.count += pred.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.count == 0:
+            raise RuntimeError("BalancedErrors.compute() called before any update(pred, truth)")
+        mse, mae = self.b_mse_sum / self.count, self.b_mae_sum / self.count
+        return {"b_mse": mse.mean(), "b_mae": mae.mean(), "b_mse_per_frame": mse, "b_mae_per_frame": mae}
+
+
+class NowcastScores(Metric):
+    """:class:`SkillScores` and :class:`BalancedErrors` together, for a radar test set: one
+    ``update(pred, truth, mask=None)``, one ``compute()`` holding ``pod``, ``far``, ``csi``, ``hss`` (one
+    value per threshold), their ``*_per_frame``, the contingency counts, ``b_mse``, ``b_mae`` and their
+    ``*_per_frame``.  ``thresholds`` in mm/h with the Z-R relation ``zr`` (the dataset's ``zr``)."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, zr: tuple[float, float] = ZR_HKO7, thresholds=RAIN_THRESHOLDS, weights=BALANCING_WEIGHTS,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.skill = SkillScores(thresholds, zr)
+        self.balanced = BalancedErrors(thresholds, weights, zr)
+
+    def update(self, pred: Tensor, truth: Tensor, mask: Tensor | None = None) -> None:
+        self.skill.update(pred, truth, mask)
+        self.balanced.update(pred, truth, mask)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {**self.skill.compute(), **self.balanced.compute()}
+
+    def reset(self) -> None:
+        super().reset()
+        self.skill.reset()
+        self.balanced.reset()
+
+
+__all__ = ["BALANCING_WEIGHTS", "RAIN_THRESHOLDS", "SSIM_CONVENTIONS", "ZR_DWD", "ZR_HKO7", "BalancedErrors",
+           "NowcastScores", "PredictionMetrics", "SkillScores", "copy_last_baseline", "pixel_to_rain", "psnr",
+           "rain_to_pixel", "skill_scores", "ssim"]

@@ -2,9 +2,14 @@
 
 - ``metrics.json`` (after ``test``): the model's scalars and per-lead-time lists, the same for the
   copy-last-frame baseline (``baseline_*``) and for an all-black frame (``blank_*``: on Moving MNIST a
-  blank frame already beats copy-last), the SSIM convention, the checkpoint and the config.
+  blank frame already beats copy-last), the SSIM convention, the data protocol (``data_protocol``: the
+  DataModule's ``protocol``, see docs/data.md), the checkpoint and the config.  For radar data also the
+  nowcasting scores of all three: ``pod``, ``far``, ``csi``, ``hss`` (one value per threshold of
+  ``skill_thresholds_mmh``), their ``*_per_frame`` (lead time x threshold), the contingency counts,
+  ``b_mse``, ``b_mae`` and their ``*_per_frame``.
 - ``metrics_per_frame.png`` (after ``test``): MSE and SSIM against the predicted frame index,
-  model vs baseline (the literature's standard figure).
+  model vs baseline (the literature's standard figure); for radar data also CSI per threshold and
+  B-MSE.
 - ``examples/`` (after ``test``): an animated GIF and a PNG strip of input | truth | prediction for the
   first few test sequences (see :func:`write_examples`).
 - ``predictions/`` (after ``predict``): ``predictions.npy`` (N, out_len, C, H, W) float32, with
@@ -40,21 +45,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+PREFIXES = {"model": "", "baseline": "baseline_", "blank": "blank_"}
+SKILLS = ("pod", "far", "csi", "hss")   # one value per threshold: always a list in metrics.json
+
+
 def metrics_record(model: dict, baseline: dict, convention: str, checkpoint: str | None,
                    config: dict | None, num_sequences: int | None = None,
-                   convention_text: str | None = None, blank: dict | None = None) -> dict:
+                   convention_text: str | None = None, blank: dict | None = None,
+                   nowcast: dict | None = None, protocol: dict | None = None) -> dict:
     """Flatten the model's and the baseline's ``PredictionMetrics.compute()`` results into one dict:
     ``mse``, ``mse_per_frame``, ..., ``baseline_mse``, ``baseline_mse_per_frame``, ...
     ``convention`` is the SSIM convention's name, ``convention_text`` the metrics' full description;
-    ``blank``, when given, the scores of an all-zero prediction (``blank_mse``, ...)."""
+    ``blank``, when given, the scores of an all-zero prediction (``blank_mse``, ...); ``nowcast`` the
+    ``NowcastScores.compute()`` results of ``model``, ``baseline`` and ``blank`` with ``thresholds_mmh``
+    and ``zr`` (``csi``, ``baseline_csi``, ..., ``skill_thresholds_mmh``); ``protocol`` the data's."""
     record: dict[str, Any] = {"ssim_convention": convention, "conventions": convention_text,
-                              "checkpoint": checkpoint, "num_sequences": num_sequences}
-    for key, value in model.items():
-        record[key] = _plain(value)
-    for key, value in baseline.items():
-        record[f"baseline_{key}"] = _plain(value)
-    for key, value in (blank or {}).items():
-        record[f"blank_{key}"] = _plain(value)
+                              "checkpoint": checkpoint, "num_sequences": num_sequences,
+                              "data_protocol": protocol}
+    for name, results in (("model", model), ("baseline", baseline), ("blank", blank or {})):
+        for key, value in results.items():
+            record[PREFIXES[name] + key] = _plain(value)
+    if nowcast:
+        record["skill_thresholds_mmh"], record["zr"] = nowcast["thresholds_mmh"], nowcast["zr"]
+        record["skill_thresholds_pixel"] = _plain(nowcast["model"]["thresholds"].reshape(-1))
+        record["skill_convention"] = ("event: value >= threshold (rain rate converted with Z = a R^b, zr); "
+                                      "counts summed over the masked-in pixels of the whole test set; "
+                                      "B-MSE/B-MAE: HKO-7 weights 1, 1, 2, 5, 10, 30, pixels in [0, 1], "
+                                      "summed per frame")
+        for name, prefix in PREFIXES.items():
+            for key, value in nowcast[name].items():
+                if key != "thresholds":
+                    record[prefix + key] = _plain(value.reshape(-1) if key in SKILLS else value)
     record["config"] = config
     return record
 
@@ -76,8 +97,11 @@ def plot_per_frame(run_dir: str | Path, record: dict) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, name in zip(axes, ("mse", "ssim")):
+    radar = bool(record.get("csi_per_frame"))
+    fig, axes = plt.subplots(2 if radar else 1, 2, figsize=(9, 6.8 if radar else 3.4), squeeze=False)
+    if radar:
+        _plot_nowcast(axes[1], record)
+    for ax, name in zip(axes[0], ("mse", "ssim")):
         for prefix, label, style in (("", "model", "-o"), ("baseline_", "copy last frame", "--s"),
                                      ("blank_", "blank frame", ":^")):
             values = record.get(f"{prefix}{name}_per_frame")
@@ -94,6 +118,32 @@ def plot_per_frame(run_dir: str | Path, record: dict) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_nowcast(axes, record: dict) -> None:
+    """CSI per lead time at each threshold (model solid, copy-last dashed) and B-MSE per lead time."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax = axes[0]
+    for k, rate in enumerate(record["skill_thresholds_mmh"]):
+        for prefix, style in (("", "-o"), ("baseline_", "--")):
+            values = [row[k] for row in record[f"{prefix}csi_per_frame"]]
+            ax.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], style,
+                    color=f"C{k}", markersize=3, label=f">= {rate:g} mm/h" if not prefix else None)
+    ax.set_ylabel("CSI (solid: model, dashed: copy last)")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for prefix, label, style in (("", "model", "-o"), ("baseline_", "copy last frame", "--s"),
+                                 ("blank_", "blank frame", ":^")):
+        values = record.get(f"{prefix}b_mse_per_frame")
+        if values:
+            ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
+    ax.set_ylabel("B-MSE per frame")
+    ax.legend()
+    for ax in axes:
+        ax.set_xlabel("predicted frame")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
 
 
 def _to_image(frame: np.ndarray) -> np.ndarray:
@@ -201,7 +251,8 @@ class RunOutputs(Callback):
                            self._examples["predictions"], self.examples)
         record = metrics_record(results["model"], results["baseline"], results["convention"],
                                 trainer.ckpt_path, self.config, results.get("num_sequences"),
-                                results.get("convention_text"), results.get("blank"))
+                                results.get("convention_text"), results.get("blank"), results.get("nowcast"),
+                                getattr(trainer.datamodule, "protocol", None))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(self.run_dir, record)
         plot_per_frame(self.run_dir, record)

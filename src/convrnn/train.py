@@ -13,12 +13,23 @@
   frames, so nothing of the future can leak in -- and
   :class:`convrnn.metrics.PredictionMetrics` compares ``Prediction.future`` with the true future,
   next to the copy-last-frame baseline. ``val/mse`` selects the best checkpoint.
+- radar data (a DataModule with a Z-R relation ``zr``: HKO-7, RADOLAN): the test epoch also scores the
+  model, the copy-last and the blank forecasts with :class:`convrnn.metrics.NowcastScores` (POD, FAR,
+  CSI, HSS per rain-rate threshold, B-MSE, B-MAE), over the pixels the batch's mask keeps
+  (:func:`convrnn.losses.mask_of`); MSE/MAE/SSIM/PSNR stay over all pixels, as the literature's tables.
 
-A non-finite loss raises :class:`NonFiniteLossError`. To avoid a host synchronisation every step,
-the first bad step is recorded on the device (``torch.where``, no sync) and checked every
+A non-finite loss raises :class:`NonFiniteLossError`, non-finite input frames (training or
+evaluation) :class:`NonFiniteInputError`. To avoid a host synchronisation every step, the first bad
+step (or evaluation batch) is recorded on the device (``torch.where``, no sync) and checked every
 ``finite_check_every`` steps and at the end of each epoch; the error names the first bad step.
 (Lightning's ``detect_anomaly`` is the other tool: it finds the backward op that produced a NaN,
 at a large cost per step -- ``--trainer.detect_anomaly true`` when debugging.)
+
+Checkpoints (:meth:`PredictionTask.on_load_checkpoint`): a checkpoint whose network differs from
+``net`` is refused, naming the keys (:func:`checkpoint_conflicts`).  A resumed fit continues the
+saved optimizer and scheduler, so ``optimizer`` and ``scheduler`` must match the checkpoint; a new
+``lr`` / ``weight_decay`` is applied to the restored optimizer (refused with a scheduler, whose saved
+state sets the learning rate); every other setting (loss, schedule, ...) is the task's own.
 
 The command line (``convrnn fit|validate|test|predict``) is :mod:`convrnn.lightning_cli`; run
 directories are :mod:`convrnn.runs`, checkpoint writing :mod:`convrnn.checkpoints`.
@@ -26,14 +37,16 @@ directories are :mod:`convrnn.runs`, checkpoint writing :mod:`convrnn.checkpoint
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from .losses import LOSSES, frame_loss, frames_of
-from .metrics import PredictionMetrics, copy_last_baseline
+from .losses import LOSSES, frame_loss, frames_of, mask_of
+from .metrics import NowcastScores, PredictionMetrics, copy_last_baseline
+from .netconfig import check_net, net_differences
 from .outputs import SCALARS
 from .registry import model_from_config
 from .schedules import create_schedule, sample_mask
@@ -47,12 +60,55 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteInputError(ValueError):
+    """A batch of input frames held NaN or infinite values."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this task's network or optimizer settings."""
+
+
+RESUME_FIXED = ("optimizer", "scheduler")   # a resumed fit continues their saved state
+NOT_SETTINGS = ("net", "_instantiator", "_class_path")
+
+
+def checkpoint_conflicts(saved: Mapping, hparams: Mapping, fitting: bool) -> tuple[list[str], list[str]]:
+    """``(problems, changes)`` between a checkpoint's saved hyperparameters and a task's.
+
+    problems (the checkpoint is refused): a different network (any argument it is built with); when
+    ``fitting`` (a resume), a different optimizer or scheduler, or a different lr / weight_decay under
+    a scheduler.  changes (applied): every other setting that differs, as ``key: saved -> now``."""
+    problems, changes = [], []
+    if saved.get("net") is not None:
+        diff = net_differences(saved["net"], hparams["net"])
+        if diff:
+            problems.append(f"its network differs from the config's ({'; '.join(diff)}, checkpoint vs config): "
+                            "use the config it was trained with (config.yaml in its run folder) or a "
+                            "checkpoint of this network")
+    if not fitting:
+        return problems, changes
+    for key in sorted(set(saved) | set(hparams)):
+        if key in NOT_SETTINGS or saved.get(key) == hparams.get(key):
+            continue
+        was, now = saved.get(key), hparams.get(key)
+        if key in RESUME_FIXED:
+            problems.append(f"{key}: {was!r} in the checkpoint, {now!r} now; a resumed fit continues the saved "
+                            f"{key} state: keep {key}: {was!r}, or start a new fit without --ckpt_path")
+        elif key in ("lr", "weight_decay") and hparams.get("scheduler") is not None:
+            problems.append(f"{key}: {was!r} in the checkpoint, {now!r} now; the saved {hparams['scheduler']} "
+                            f"schedule sets the learning rate: keep {key}: {was!r}, or start a new fit")
+        else:
+            changes.append(f"{key}: {was!r} -> {now!r}")
+    return problems, changes
+
+
 class PredictionTask(L.LightningModule):
     """Trains and evaluates a sequence-to-sequence frame predictor.
 
     Args:
         net: network config, ``{'name': 'stack', 'cell': 'convlstm', 'layers': 2, ...}`` (any
-            registered model; see :func:`convrnn.registry.model_from_config`).
+            registered model; see :func:`convrnn.registry.model_from_config`), each key checked against
+            and converted to the type its builder declares (:func:`convrnn.netconfig.check_net`).
         loss: ``mse`` | ``l1`` | ``l1+l2`` | ``bce`` (summed per frame, see :mod:`convrnn.losses`).
         optimizer: ``adam`` | ``adamw``; lr, weight_decay: its settings.
         scheduler: None (constant lr) | ``onecycle`` (OneCycleLR, max_lr = lr, over all training
@@ -70,7 +126,7 @@ class PredictionTask(L.LightningModule):
             ``fullgraph=True``); training and evaluation each compile once per batch shape.
     """
 
-    def __init__(self, net: dict, loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
+    def __init__(self, net: dict[str, Any], loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
                  optimizer: Literal["adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  scheduler: Literal["onecycle", "cosine"] | None = None, schedule: dict | None = None,
                  per_sample_mask: bool = True, ssim: Literal["standard", "openstl"] = "standard",
@@ -84,6 +140,7 @@ class PredictionTask(L.LightningModule):
             raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
         if finite_check_every < 0:
             raise ValueError(f"finite_check_every must be >= 0 (0 = never), got {finite_check_every}")
+        net = check_net(net)     # typed (before save_hyperparameters, which reads the arguments' values)
         self.save_hyperparameters()
         self.net = model_from_config(net)
         if compile:
@@ -100,8 +157,11 @@ class PredictionTask(L.LightningModule):
         self.test_metrics = PredictionMetrics(ssim=ssim)
         self.test_baseline = PredictionMetrics(ssim=ssim)
         self.test_blank = PredictionMetrics(ssim=ssim)     # the all-zero (black) frame, test only
+        self.test_nowcast: torch.nn.ModuleDict | None = None   # radar data only, see setup()
         self.test_results: dict | None = None
-        self._first_bad: Tensor | None = None    # first step with a non-finite loss, -1 = none
+        # first training step with a non-finite loss, with non-finite input frames, and first evaluation
+        # batch with non-finite input frames (-1 = none), kept on the device
+        self._first_bad: Tensor | None = None
         self._test_count = 0
 
     @property
@@ -128,33 +188,51 @@ class PredictionTask(L.LightningModule):
             aux = sum(pred.aux.values())
             self.log("train/aux", aux)
             loss = loss + aux
-        self._record_finite(loss)
+        self._record_finite(loss, frames)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ss_prob", float(p_out))
         if p_in < 1:
             self.log("train/ss_prob_input", float(p_in))
         return loss
 
-    def _record_finite(self, loss: Tensor) -> None:
+    def _note_bad(self, slot: int, bad: Tensor, index: int) -> None:
+        """Record ``index`` in ``slot`` of ``_first_bad`` if ``bad`` and nothing is recorded there yet
+        (on the device: no host sync)."""
+        if self._first_bad is None or self._first_bad.device != bad.device:
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=bad.device)
+        first = self._first_bad[slot]
+        self._first_bad[slot] = torch.where(bad & (first < 0), index, first)
+
+    def _record_finite(self, loss: Tensor, frames: Tensor | None = None) -> None:
         every = self.hparams.finite_check_every
         if not every:
             return
-        if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach())
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self.global_step, self._first_bad)
+        self._note_bad(0, ~torch.isfinite(loss.detach()), self.global_step)
+        if frames is not None:
+            self._note_bad(1, ~torch.isfinite(frames).all(), self.global_step)
         if (self.global_step + 1) % every == 0:
             self._raise_if_nonfinite()
 
-    def _raise_if_nonfinite(self) -> None:
-        if self._first_bad is None:
-            return
+    def _first_bad_indices(self) -> list[int]:
+        """[loss step, training input step, evaluation input batch], -1 = none: the one host sync."""
+        if not self.hparams.finite_check_every:
+            return [-1, -1, -1]
+        if self._first_bad is None:   # (every rank joins the reduction below, even one that saw no batch)
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=self.device)
         first = self._first_bad
         if self._trainer is not None and self.trainer.world_size > 1:   # every rank stops together
             never = torch.iinfo(torch.long).max
             first = self.trainer.strategy.reduce(torch.where(first < 0, never, first), reduce_op="min")
             first = torch.where(first == never, -1, first)
-        step = int(first.item())   # the one host sync, every `finite_check_every` steps
+        return first.tolist()
+
+    def _raise_if_nonfinite(self) -> None:
+        step, input_step, _ = self._first_bad_indices()   # every `finite_check_every` steps
+        if input_step >= 0:
+            raise NonFiniteInputError(
+                f"the input frames of the training batch at global step {input_step} hold NaN or inf: the data, "
+                "not the model, is broken; find and fix those values (FramesDataModule checks each file when it "
+                "loads it; a DataModule of your own should too)")
         if step >= 0:
             raise NonFiniteLossError(
                 f"the training loss became NaN or inf at global step {step} (found at step {self.global_step}, "
@@ -169,7 +247,44 @@ class PredictionTask(L.LightningModule):
     def on_train_end(self) -> None:
         self._raise_if_nonfinite()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network (or, when resuming a fit, of another optimizer or
+        scheduler: :func:`checkpoint_conflicts`); on a resume without a scheduler, apply this task's lr and
+        weight_decay to the restored optimizer (Lightning restores the optimizer after this hook)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        problems, _ = checkpoint_conflicts(checkpoint.get("hyper_parameters") or {}, self.hparams, fitting)
+        if problems:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise CheckpointMismatchError(f"checkpoint {path or ''} does not fit: " + "; ".join(problems))
+        if fitting and self.hparams.scheduler is None:
+            for state in checkpoint.get("optimizer_states", []):
+                for group in state.get("param_groups", []):
+                    group["lr"], group["weight_decay"] = self.hparams.lr, self.hparams.weight_decay
+
+    # -- non-finite input in evaluation: one check per epoch ------------------------------------
+    def _note_eval_input(self, frames: Tensor, batch_idx: int) -> None:
+        if self.hparams.finite_check_every:
+            self._note_bad(2, ~torch.isfinite(frames).all(), batch_idx)
+
+    def _raise_if_bad_eval_input(self, stage: str) -> None:
+        batch = self._first_bad_indices()[2]
+        if self._first_bad is not None:
+            self._first_bad[2] = -1     # the next evaluation starts clean
+        if batch >= 0:
+            raise NonFiniteInputError(
+                f"the {stage} data hold NaN or inf (first in batch {batch}): the metrics or predictions would be "
+                "NaN; find and fix those values (FramesDataModule checks each file when it loads it)")
+
     # -- evaluation ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Radar data -- a DataModule with a Z-R relation ``zr`` (a, b of Z = a R^b) -- also gets the
+        nowcasting scores at test time, for the model and the copy-last and blank forecasts (built here,
+        before Lightning moves the module to its device; they hold no checkpointed state)."""
+        zr = getattr(self.trainer.datamodule, "zr", None) if self._trainer is not None else None
+        if zr is not None and self.test_nowcast is None:
+            self.test_nowcast = torch.nn.ModuleDict({name: NowcastScores(zr=tuple(zr))
+                                                     for name in ("model", "baseline", "blank")})
+
     def _check_length(self, frames: Tensor) -> None:
         need = self.in_len + self.out_len
         if frames.shape[1] < need:
@@ -177,20 +292,22 @@ class PredictionTask(L.LightningModule):
                              f"{self.in_len} + {self.out_len} = {need}; set the data's seq_len to {need} or "
                              "change net.in_len / net.out_len")
 
-    def _free_run(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _free_run(self, frames: Tensor, batch_idx: int) -> tuple[Tensor, Tensor, Tensor]:
         """Observed frames only -> (predicted future, true future, copy-last baseline) in float32."""
         self._check_length(frames)
+        self._note_eval_input(frames, batch_idx)
         observed = frames[:, :self.in_len]
         future = frames[:, self.in_len:self.in_len + self.out_len].float()
         pred = self.net(observed).future.float()
         return pred, future, copy_last_baseline(observed.float(), future)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        pred, future, base = self._free_run(frames_of(batch))
+        pred, future, base = self._free_run(frames_of(batch), batch_idx)
         self.val_metrics.update(pred, future)
         self.val_baseline.update(base, future)
 
     def on_validation_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("validation")
         model, baseline = self.val_metrics.compute(), self.val_baseline.compute()
         self.val_metrics.reset()
         self.val_baseline.reset()
@@ -204,16 +321,23 @@ class PredictionTask(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> dict | None:
         frames = frames_of(batch)
-        pred, future, base = self._free_run(frames)
+        pred, future, base = self._free_run(frames, batch_idx)
+        blank = torch.zeros_like(future)
         self.test_metrics.update(pred, future)
         self.test_baseline.update(base, future)
-        self.test_blank.update(torch.zeros_like(future), future)
+        self.test_blank.update(blank, future)
+        if self.test_nowcast is not None:
+            mask = mask_of(batch)
+            mask = None if mask is None else mask[:, self.in_len:self.in_len + self.out_len]
+            for name, forecast in (("model", pred), ("baseline", base), ("blank", blank)):
+                self.test_nowcast[name].update(forecast, future, mask)
         self._test_count += pred.shape[0]
         if batch_idx == 0:  # the first sequences, for the example GIF/PNGs that RunOutputs writes
             return {"inputs": frames[:, :self.in_len], "targets": future, "predictions": pred}
         return None
 
     def on_test_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("test")
         model, baseline, blank = (m.compute() for m in (self.test_metrics, self.test_baseline, self.test_blank))
         for m in (self.test_metrics, self.test_baseline, self.test_blank):
             m.reset()
@@ -226,13 +350,36 @@ class PredictionTask(L.LightningModule):
                              "convention": getattr(self.test_metrics, "ssim_convention", self.hparams.ssim),
                              "convention_text": getattr(self.test_metrics, "convention", None),
                              "num_sequences": self._test_count * self.trainer.world_size}
+        if self.test_nowcast is not None:
+            self.test_results["nowcast"] = self._nowcast_results()
+
+    def _nowcast_results(self) -> dict:
+        """The nowcasting scores of model, copy-last and blank forecasts (logged: CSI and HSS per
+        threshold, B-MSE, B-MAE), and the thresholds in mm/h and in pixel values."""
+        results = {}
+        for name, metric in self.test_nowcast.items():
+            out = {k: v.detach().cpu() for k, v in metric.compute().items()}
+            metric.reset()
+            prefix = "test/" if name == "model" else f"test/{name}_"
+            for k, rate in enumerate(metric.skill.rain_thresholds):
+                for score in ("csi", "hss"):
+                    self.log(f"{prefix}{score}_{rate:g}mmh", out[score].reshape(-1)[k])
+            self.log_dict({f"{prefix}{score}": out[score] for score in ("b_mse", "b_mae")})
+            results[name] = out
+        metric = self.test_nowcast["model"]
+        results["thresholds_mmh"], results["zr"] = list(metric.skill.rain_thresholds), list(metric.skill.zr)
+        return results
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         frames = frames_of(batch)
+        self._note_eval_input(frames, batch_idx)
         observed = frames[:, :self.in_len]
         seq = self.in_len + self.out_len
         return {"inputs": observed, "predictions": self.net(observed).future,
                 "targets": frames[:, self.in_len:seq] if frames.shape[1] >= seq else None}
+
+    def on_predict_epoch_end(self) -> None:
+        self._raise_if_bad_eval_input("predict")
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):

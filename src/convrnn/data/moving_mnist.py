@@ -264,6 +264,16 @@ class MovingMNISTDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set = self.val_set = self.test_set = None
 
+    @property
+    def protocol(self) -> dict:
+        """The data protocol recorded in metrics.json (the shape of :class:`convrnn.data.Protocol` records)."""
+        hp = self.hparams
+        settings = {k: hp[k] for k in ("seq_len", "image_size", "num_digits", "digits", "train_size", "val_size",
+                                       "test_size", "seed", "test_file")}
+        return {"name": "srivastava", "source": "Srivastava et al. 2015: digits bouncing on a canvas, training "
+                "sequences generated on the fly, fixed validation and test sets from disjoint digits",
+                "settings": settings, "overrides": {}, "unverified": {}}
+
     def _digits(self, split: str):
         return load_mnist_digits(split, source=self.hparams.digits, mnist_dir=self.hparams.mnist_dir)
 
@@ -290,7 +300,7 @@ class MovingMNISTDataModule(L.LightningDataModule):
         if hp.seq_len > t or (h, w) != (hp.image_size, hp.image_size):
             raise ValueError(f"{hp.test_file} holds {t} frames of {h}x{w}, but seq_len={hp.seq_len}, "
                              f"image_size={hp.image_size}; set seq_len <= {t} and image_size={h}")
-        return ArrayFrames(array, layout="TNHW", seq_len=hp.seq_len, windows=False)
+        return ArrayFrames(array, layout="TNHW", seq_len=hp.seq_len, windows=False, source=hp.test_file)
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_sequences,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..loop import phase_mask, unroll
 from ..registry import create_cell, register_model
-from .base import Prediction, Predictor
+from .base import Prediction, Predictor, positive_int
 from .stack import step_layers
 
 
@@ -128,11 +128,14 @@ class CompositeModel(Predictor):
     """
 
     def __init__(self, cell: str | Sequence[str] = "convlstm", layers: int = 1, channels: int = 64, kernel: int = 3,
-                 frame_channels: int = 1, frame_size=(64, 64), in_len: int = 10, out_len: int = 10,
+                 frame_channels: int = 1, frame_size: int | tuple[int, int] = (64, 64), in_len: int = 10,
+                 out_len: int = 10,
                  conditional_predictor: bool = True, conditional_reconstructor: bool = False,
                  reconstruct: bool = True, cell_kw: dict | None = None,
                  codec_channels: Sequence[int] = (32, 64, 64)):
         super().__init__(frame_channels, frame_size, in_len, out_len)
+        layers, channels, kernel = (positive_int(k, v) for k, v in (("layers", layers), ("channels", channels),
+                                                                      ("kernel", kernel)))
         cells = [cell] * layers if isinstance(cell, str) else list(cell)
         if len(cells) != layers:
             raise ValueError(f"need {layers} cell names, got {len(cells)}")
@@ -203,7 +206,7 @@ class CompositeModel(Predictor):
         """frames: (B, T, C, H, W) with T >= in_len (T >= in_len + out_len to get targets).
         mask: (B, in_len + out_len - 1) bool (see the class docstring); None = test time:
         the predictor feeds back its own outputs, the conditional reconstructor the observed frames."""
-        self.check_frames(frames)
+        frames = self.check_frames(frames)
         b, n = frames.shape[0], self.in_len
         if mask is None:
             mask = phase_mask(b, n, self.out_len, frames.device)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..cells.predrnnv2 import PredRNNv2Cell, PredRNNv2State, decoupling_loss
 from ..registry import register_model
+from .base import positive_int
 from .stack import RecurrentStack
 
 
@@ -29,7 +30,7 @@ def predrnnpp_net(cell: str | Sequence[str] = "predrnnpp", layers: int = 4, laye
     Every :class:`~convrnn.models.stack.RecurrentStack` argument works (``scales`` for MS-RNN,
     ``cell_kw={'recurrent': 'indconv'}`` ...); ``layer_kw[0]`` gets ``highway=True`` unless it says
     otherwise."""
-    per_layer = [dict(d or {}) for d in (layer_kw or [{}] * layers)]
+    per_layer = [dict(d or {}) for d in (layer_kw or [{}] * positive_int("layers", layers))]
     if len(per_layer) != layers:
         raise ValueError(f"layer_kw has {len(per_layer)} entries for {layers} layers")
     per_layer[0] = {"highway": True, **per_layer[0]}
@@ -61,7 +62,8 @@ class PredRNNv2(RecurrentStack):
     ``decouple_beta``.
     """
 
-    def __init__(self, cell: Any = "predrnnv2", layers: int = 4, decouple_beta: float = 0.1, **kw: Any):
+    def __init__(self, cell: str | Sequence[str] = "predrnnv2", layers: int = 4, decouple_beta: float = 0.1,
+                 **kw: Any):
         super().__init__(cell=cell, layers=layers, **kw)
         self.decoupled = sum(isinstance(c, PredRNNv2Cell) for c in self.cells)
         if not self.decoupled:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..layers import resample
 from ..loop import phase_mask, unroll
 from ..registry import cell_entry, create_cell, register_model
-from .base import Prediction, Predictor
+from .base import Prediction, Predictor, per_layer_ints, positive_int
 from .codec import FrameCodec
 
 MSRNN_SCALES = (1, 0.5, 0.25, 0.25, 0.5, 1)
@@ -171,16 +171,20 @@ class RecurrentStack(Predictor):
     """
 
     def __init__(self, cell: str | Sequence[str] = "convlstm", layers: int = 4, channels: int | Sequence[int] = 64,
-                 kernel: int = 3, frame_channels: int = 1, frame_size=(64, 64), in_len: int = 10,
-                 out_len: int = 10, patch: int = 1, embed: str = "patch", embed_channels: int | None = None,
-                 scales: Sequence[float] | None = None, skip: str = "add", down: str = "max",
-                 up: str = "bilinear", out_activation: str | None = None, cell_kw: dict | None = None,
-                 layer_kw: Sequence[dict] | None = None):
+                 kernel: int = 3, frame_channels: int = 1, frame_size: int | tuple[int, int] = (64, 64),
+                 in_len: int = 10, out_len: int = 10, patch: int = 1, embed: str = "patch",
+                 embed_channels: int | None = None, scales: Sequence[float] | None = None, skip: str = "add",
+                 down: str = "max", up: str = "bilinear", out_activation: str | None = None,
+                 cell_kw: dict | None = None, layer_kw: Sequence[dict] | None = None):
         super().__init__(frame_channels, frame_size, in_len, out_len)
+        layers, kernel = positive_int("layers", layers), positive_int("kernel", kernel)
+        patch = positive_int("patch", patch)
+        if embed_channels is not None:
+            positive_int("embed_channels", embed_channels)
         cells = [cell] * layers if isinstance(cell, str) else list(cell)
-        chans = [channels] * layers if isinstance(channels, int) else list(channels)
-        if len(cells) != layers or len(chans) != layers:
-            raise ValueError(f"need {layers} cell names and channel counts, got {len(cells)} and {len(chans)}")
+        if len(cells) != layers or not all(isinstance(c, str) for c in cells):
+            raise ValueError(f"cell must be a cell name or a list of {layers} names (one per layer), got {cell!r}")
+        chans = per_layer_ints("channels", channels, layers)
         scales = tuple(float(_fraction(s)) for s in (scales or (1,) * layers))
         if len(scales) != layers:
             raise ValueError(f"scales has {len(scales)} entries for {layers} layers")
@@ -272,7 +276,7 @@ class RecurrentStack(Predictor):
         """frames: (B, T, C, H, W), T >= in_len (T >= in_len + out_len to get targets).
         mask: (B, in_len + out_len - 1) bool, True = feed ground truth at that step (see
         :mod:`convrnn.schedules`); None = observed frames only, own predictions after."""
-        self.check_frames(frames)
+        frames = self.check_frames(frames)
         n = self.seq_len - 1
         if mask is None:
             mask = phase_mask(frames.shape[0], self.in_len, self.out_len, frames.device)
