@@ -31,7 +31,7 @@ commands:
                                          metrics of a checkpoint on the validation / test data
   predict --config FILE.yaml --ckpt_path CKPT
                                          predictions (.npy) and GIF/PNG examples of the test data
-  predict --ckpt_path CKPT --input FILE_OR_FOLDER [--out_len N] [--output DIR]
+     or predict --ckpt_path CKPT --input FILE_OR_FOLDER [--out_len N] [--output DIR]
                                          forecast your own frames (.npy/.npz/.h5, PNG folders, videos), no config
   export --ckpt_path CKPT --output FILE.onnx [--mode sequence|step]
                                          ONNX graph, checked against PyTorch in ONNX Runtime (pip install convrnn[deploy])
