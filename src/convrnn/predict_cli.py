@@ -5,11 +5,12 @@ Inputs (every sequence's frames must have the network's size and channels):
 
 - ``.npy`` / ``.npz`` / ``.h5``: an array of sequences, laid out as ``--layout`` says (default: from the
   rank: 5-d NTCHW, 3-d THW, 4-d TCHW when axis 1 matches the network's channels, else NTHW);
-- a folder of images (``.png``, ``.jpg`` ...): one sequence, frames in name order;
-- a video (``.mp4``, ``.avi``, ``.gif`` ...; PyAV for the containers: ``pip install av``): one sequence;
+- a folder of images (``.png``, ``.jpg`` ...): one sequence, frames in natural name order;
+- a video (``.mp4``, ``.avi``, ``.gif`` ...; PyAV: ``pip install av``): one sequence;
 - a folder of such files or of image folders: one sequence each.
 
-uint8 frames are 0..255, float frames [0, 1]; colour frames become grey for a 1-channel network.
+uint8 frames are 0..255, float frames [0, 1]; colour frames become grey for a 1-channel network (images
+and videos are read as :mod:`convrnn.data.folder` reads them for training: Pillow's "L" and FFmpeg's gray).
 Written to ``--output`` (default ``runs/<input name>/<time>-predict``): ``predictions.npy`` (N, out_len,
 C, H, W) float32 in [0, 1], ``sequences.txt`` (the name of each sequence), and ``example_<i>.gif`` /
 ``.png`` (input | truth | prediction) for the first ``--examples`` sequences.
@@ -23,48 +24,42 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.folder import IMAGES, VIDEOS, decode_video, image_files, natural_key, read_image
+
 ARRAYS = (".npy", ".npz", ".h5", ".hdf5")
-IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VIDEOS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
 LAYOUTS = ("NTCHW", "NTHW", "TNHW", "TCHW", "THW")
 
 
-# -- reading ----------------------------------------------------------------------------------
-def _frame(image, channels: int, name: str) -> np.ndarray:
-    """A PIL image -> (C, H, W) uint8: grey (luma) for 1 channel, RGB for 3."""
-    if channels not in (1, 3):
-        raise ValueError(f"{name}: images and videos give 1- or 3-channel frames, the network takes {channels}; "
-                         "save the frames as a .npy array (T, C, H, W) instead")
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
+# -- reading (images and videos as convrnn.data.folder reads them for training) -----------------
 def read_images(folder: Path, channels: int) -> np.ndarray:
-    """The image files of a folder, in name order, as (T, C, H, W) uint8."""
-    from PIL import Image
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGES)
+    """The image files of a folder, in natural name order (2.png before 10.png), as (T, C, H, W) uint8."""
+    files = image_files(folder)
     if not files:
         raise ValueError(f"{folder}: no image files ({', '.join(IMAGES)})")
-    frames = []
-    for f in files:
-        with Image.open(f) as img:
-            frames.append(_frame(img, channels, str(f)))
-    if len({fr.shape for fr in frames}) > 1:
-        raise ValueError(f"{folder}: images of different sizes {sorted({fr.shape[1:] for fr in frames})}; every "
+    frames = [read_image(f, channels) for f in files]
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError(f"{folder}: images of different sizes {sorted({f.shape[:2] for f in frames})}; every "
                          "frame of a sequence must have one size")
-    return np.stack(frames)
+    return _tchw(np.stack(frames))
 
 
 def read_video(path: Path, channels: int) -> np.ndarray:
-    """A video's frames (imageio: PyAV for containers, Pillow for GIF) as (T, C, H, W) uint8."""
-    import imageio.v3 as iio
-    from PIL import Image
-    plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
+    """Every frame of a video (PyAV: pip install av) as (T, C, H, W) uint8."""
     try:
-        frames = iio.imread(path, index=None, plugin=plugin)
+        return _tchw(decode_video(path, channels))
     except ImportError as e:
         raise ValueError(f"{path}: reading video needs PyAV: pip install av ({e})") from None
-    return np.stack([_frame(Image.fromarray(f), channels, str(path)) for f in frames])
+
+
+def _tchw(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W) grey or (T, H, W, 3) RGB -> (T, C, H, W)."""
+    return frames[:, None] if frames.ndim == 3 else frames.transpose(0, 3, 1, 2)
+
+
+def _check_channels(channels: int, name: Path) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"{name}: images and videos give 1- or 3-channel frames, the network takes {channels}; "
+                         "save the frames as a .npy array (T, C, H, W) instead")
 
 
 def _layout(array, layout: str | None, channels: int) -> str:
@@ -103,6 +98,8 @@ def read_input(path: Path, channels: int, layout: str | None = None, key: str | 
     if not path.exists():
         raise FileNotFoundError(f"--input {path}: no such file or folder")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix in VIDEOS:
+        _check_channels(channels, path)
     if path.is_file():
         if suffix in ARRAYS:
             yield from read_arrays(path, channels, layout, key)
@@ -112,7 +109,7 @@ def read_input(path: Path, channels: int, layout: str | None = None, key: str | 
             raise ValueError(f"--input {path}: unsupported file type {suffix!r}; use {', '.join(ARRAYS + VIDEOS)}, "
                              "or a folder of images")
         return
-    entries = sorted(path.iterdir())
+    entries = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
     if any(p.suffix.lower() in IMAGES for p in entries):
         yield path.name, read_images(path, channels)
         return
