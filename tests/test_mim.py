@@ -52,7 +52,7 @@ def ref_mim_s(cell, d, c, s):
 
 
 def ref_mim(cell, x, state, memory):
-    h, c, _, n, s, prev_input = state
+    h, c, _, n, s, prev_input = state[:6]
     d, n = ref_mim_n(cell, x - prev_input, n)
     t, s = ref_mim_s(cell, d, c, s)
     xi, xo, xg, xi2, xf2, xg2 = in_blocks(cell.wx, x, 6)
@@ -80,12 +80,13 @@ def test_mim_n_and_mim_s_single_step(variant, mode):
 def test_mim_block_step_matches_equations(variant, mode):
     cell = randomize(make(variant=variant, mode=mode, cin=3))
     x, memory = torch.randn(2, 3, *SIZE), torch.randn(2, C, *SIZE)
-    state = cell.init_state(x)._make(states(cin=3))
+    state = type(cell.init_state(x))(*states(cin=3))
     h, new, _ = cell(x, state, memory)
     h_ref, new_ref = ref_mim(cell, x, state, memory)
-    assert new._fields == ("h", "c", "m", "n", "s", "prev_input") and new.h is h
+    assert new._fields == ("h", "c", "m", "n", "s", "prev_input", "lateral") and new.h is h
+    assert new.lateral is None          # only the openstl variant passes MIM-N's output up
     torch.testing.assert_close(h, h_ref)
-    for got, want in zip(new, new_ref, strict=True):
+    for got, want in zip(new[:6], new_ref, strict=True):
         torch.testing.assert_close(got, want)
     # without memory= the cell reads its own previous M (a one-layer zig-zag)
     torch.testing.assert_close(cell(x, state)[0], ref_mim(cell, x, state, state.m)[0])
@@ -99,7 +100,7 @@ def test_mim_uses_the_input_difference_and_first_step_is_zero_difference():
     assert torch.equal(first.prev_input, x)
     want_n = ref_mim_n(cell, torch.zeros_like(x), zeros[0])[1]
     torch.testing.assert_close(first.n, want_n)
-    against_zero = cell(x, cell.init_state(x)._make(zeros + [torch.zeros_like(x)]))[1].n
+    against_zero = cell(x, type(cell.init_state(x))(*zeros + [torch.zeros_like(x)]))[1].n
     assert not torch.allclose(first.n, against_zero)
     # the second step differences against the first input: only x - prev_input reaches MIM-N
     y = torch.randn_like(x)
@@ -171,16 +172,16 @@ def test_motionrnn_step_is_motiongru_then_mim_block_plus_highway():
     x, memory = torch.randn(2, C, *SIZE), torch.randn(2, C, *SIZE)
     mim_state = states()
     f, d = torch.randn(2, 18, 3, 4), torch.randn(2, 18, 3, 4)
-    state = cell.init_state(x)._make(mim_state + [f, d])
+    state = type(cell.init_state(x))(*mim_state + [f, d])
     h, new, _ = cell(x, state, memory)
-    assert new._fields == ("h", "c", "m", "n", "s", "prev_input", "f", "d") and new.h is h
+    assert new._fields == ("h", "c", "m", "n", "s", "prev_input", "f", "d", "lateral") and new.h is h
     xm, f_ref, d_ref = cell.motion(x, f, d)
     # the MIM block runs on X = MotionGRU(x); MIM-N differences the raw input x
     h_blk, (_, c, m, n, s, _) = ref_mim(cell, xm, mim_state[:5] + [mim_state[5] - x + xm], memory)
     _, xo, *_ = in_blocks(cell.wx, xm, 6)
     o = sig(xo + rec_blocks(cell.uh, mim_state[0])[1] + rec_blocks(cell.vc, c)[0] + rec_blocks(cell.vm, m)[0])
     torch.testing.assert_close(h, h_blk + (1 - o) * x)  # Motion Highway
-    for got, want in zip(new[1:], (c, m, n, s, x, f_ref, d_ref), strict=True):
+    for got, want in zip(new[1:8], (c, m, n, s, x, f_ref, d_ref), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -191,7 +192,7 @@ def test_gradients_reach_every_parameter(name, variant, mode):
     x = torch.randn(2, C, *SIZE)
     _, s, _ = cell(x)
     _, s, _ = cell(torch.randn_like(x), s)  # second step: non-zero difference, states and offsets
-    sum(t.square().sum() for t in s).backward()
+    sum(t.square().sum() for t in s if t is not None).backward()
     for pname, p in cell.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
@@ -266,7 +267,7 @@ def test_all_mim_stack_without_predrnn():
 def test_mim_runtime_products_equal_declared(variant, mode):
     cell = make(variant=variant, mode=mode)
     x = torch.randn(2, C, *SIZE)
-    n = count_ops(cell, x, cell.init_state(x)._make(states()), torch.randn(2, C, *SIZE))
+    n = count_ops(cell, x, type(cell.init_state(x))(*states()), torch.randn(2, C, *SIZE))
     assert cell.gating_products == 10
     assert n.products == (cell.gating_products + hadamard_blocks(cell)) * 2 * C * SIZE[0] * SIZE[1]
 

@@ -21,7 +21,10 @@ VARIANTS = [("conv", "position"), ("indconv", "position"), ("indconv", "channel"
             ("ind", "channel")]
 
 
-def make(name, variant="conv", mode="position", **kw):
+def make(name, variant="conv", mode="position", variant_=None, **kw):
+    """``variant``: the recurrent operator (conv, indconv, ind); ``variant_``: the cell's reference form."""
+    if variant_ is not None:
+        kw["variant"] = variant_
     cell = create_cell(name, in_channels=CIN, channels=C, recurrent=variant, hadamard=mode, size=SIZE, **kw)
     return randomize(cell)  # signed random weights: no block hides behind its initialisation
 
@@ -49,15 +52,21 @@ def ref_stlstm(cell, x, h, c, m):
     return h, c, m, dc, dm
 
 
-def ref_causal(cell, x, h, c, m):
-    """PredRNN++ Causal LSTM (Wang et al. 2018, Eq. 3): returns h, c, M."""
+def ref_causal(cell, x, h, c, m, openstl=False):
+    """PredRNN++ Causal LSTM (Wang et al. 2018, Eq. 3): returns h, c, M.  ``openstl``: OpenSTL's
+    CausalLSTMCell, g' = tanh(W x + V ∘ c_t) without the M term and a k x k W_3."""
     xi, xf, xg, xi2, xf2, xo, xg2 = in_blocks(cell.wx, x, 7)
     hi, hf, hg = rec_blocks(cell.uh, h)
     ci, cf, cg = rec_blocks(cell.uc, c)
     c = sig(xf + hf + cf) * c + sig(xi + hi + ci) * tanh(xg + hg + cg)
     vi, vf, vo, vg = rec_blocks(cell.vc, c)
-    mi, mf, mg = rec_blocks(cell.um, m)
-    m = sig(xf2 + vf + mf) * tanh(conv1x1(cell.w3, m)) + sig(xi2 + vi + mi) * tanh(xg2 + vg + mg)
+    if openstl:
+        (mi, mf), mg = rec_blocks(cell.um, m), 0
+        w3 = F.conv2d(m, cell.w3.weight, cell.w3.bias, padding=cell.kernel // 2)
+    else:
+        mi, mf, mg = rec_blocks(cell.um, m)
+        w3 = conv1x1(cell.w3, m)
+    m = sig(xf2 + vf + mf) * tanh(w3) + sig(xi2 + vi + mi) * tanh(xg2 + vg + mg)
     o = xo + vo + rec_blocks(cell.vm, m)[0]
     if cell.o_from_h:
         o = o + rec_blocks(cell.uo, h)[0]
@@ -111,6 +120,34 @@ def test_gradient_highway_matches_equations(variant, mode):
     assert new.h is out                               # ... which is the state's output field
     assert torch.allclose(new.h_lstm, h_t, atol=1e-5)  # ... the Causal LSTM keeps its own h_t
     assert torch.allclose(new.m, m_t, atol=1e-5) and torch.allclose(new.c, c_t, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS)
+def test_causal_lstm_openstl_variant(variant, mode):
+    """variant='openstl' (OpenSTL's CausalLSTMCell): k x k W_3, no M term in g', o also from h."""
+    cell = make("predrnnpp", variant, mode, variant_="openstl")
+    assert cell.w3.kernel_size == (3, 3) and cell.o_from_h and len(cell.um.kinds) == 2
+    x, h, c, m = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(3))
+    out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c), m)
+    want = ref_causal(cell, x, h, c, m, openstl=True)
+    assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip((out, new.c, new.m), want))
+    paper = make("predrnnpp", variant, mode)
+    assert paper.w3.kernel_size == (1, 1) and not paper.o_from_h and len(paper.um.kinds) == 3
+    assert make("predrnnpp", variant, mode, variant_="openstl", o_from_h=False).uo is None
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS)
+def test_gradient_highway_on_the_input(variant, mode):
+    """highway='input' (MS-RNN's layer 2): z_t = GHU(x_t, z_{t-1}); the Causal LSTM runs on z_t."""
+    cell = make("predrnnpp", variant, mode, highway="input")
+    assert cell.ghu_x.in_channels == CIN and cell.wx.in_channels == C and cell.gating_products == 7
+    x, h, c, m, z = rand(2, CIN, *SIZE), *(rand(2, C, *SIZE) for _ in range(4))
+    out, new, _ = cell(x, cell.init_state(x)._replace(h=h, c=c, z=z), m)
+    z_t = ref_ghu(cell, x, z)
+    h_t, c_t, m_t = ref_causal(cell, z_t, h, c, m)
+    for got, want in ((out, h_t), (new.z, z_t), (new.c, c_t), (new.m, m_t)):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert new.h is out and new.h_lstm is None
 
 
 def test_cell_without_memory_feeds_back_its_own_m_then_zeros():
@@ -233,7 +270,7 @@ def test_gradients_reach_every_parameter(name, scales):
 
 def test_predrnnpp_preset_puts_the_highway_on_layer_one_only():
     model = tiny("predrnnpp", layers=3)
-    assert [c.highway for c in model.cells] == [True, False, False]
+    assert [c.highway for c in model.cells] == ["output", None, None]
     assert [c.gating_products for c in model.cells] == [7, 5, 5]
     with pytest.raises(ValueError, match="layer_kw has 1 entries for 3 layers"):
         tiny("predrnnpp", layers=3, layer_kw=[{}])

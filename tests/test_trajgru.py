@@ -94,7 +94,8 @@ def ref_step(cell, x, h):
     wz, wr, wh = (conv(x, cell.wx.weight[i * C:(i + 1) * C], cell.wx.bias[i * C:(i + 1) * C]) for i in range(3))
     z = sig(wz + terms[0])
     r = sig(wr + terms[1])
-    cand = F.leaky_relu(wh + r * terms[2], 0.2)
+    proj = terms[2] if cell.b_hh is None else terms[2] + cell.b_hh.view(1, C, 1, 1)  # b_hh inside r ⊙ (·)
+    cand = F.leaky_relu(wh + r * proj, 0.2)
     return (1 - z) * cand + z * h
 
 
@@ -107,6 +108,23 @@ def test_step_against_hand_computation(variant, mode):
     assert state.h is out
     kinds = {"conv": ("conv",) * 3, "indconv": ("hadamard", "hadamard", "conv"), "ind": ("hadamard",) * 3}
     assert cell.uh.kinds == kinds[variant]
+
+
+@pytest.mark.parametrize("variant,mode", VARIANTS[:2] + VARIANTS[-1:])
+def test_candidate_bias_sits_inside_the_reset_gate(variant, mode):
+    """candidate_bias=True (both reference codes bias the projection): h~ = LeakyReLU(W x + r ⊙ (U w + b_hh) + b).
+    It is not redundant: moving b_hh into the input bias b changes the function wherever r != 1."""
+    cell = randomize(make(variant, mode, candidate_bias=True))
+    assert cell.b_hh.shape == (C,) and sum(p.numel() for p in cell.parameters()) == \
+        sum(p.numel() for p in make(variant, mode).parameters()) + C
+    x, h = torch.randn(2, CIN, *SIZE), torch.randn(2, C, *SIZE)
+    out, _, _ = cell(x, cell.init_state(x)._make([h]))
+    torch.testing.assert_close(out, ref_step(cell, x, h), atol=1e-5, rtol=1e-5)
+    folded = make(variant, mode)
+    folded.load_state_dict({k: v for k, v in cell.state_dict().items() if k != "b_hh"})
+    with torch.no_grad():
+        folded.wx.bias[2 * C:] += cell.b_hh
+    assert not torch.allclose(folded(x, folded.init_state(x)._make([h]))[0], out, atol=1e-4)
 
 
 def test_flows_start_at_zero_and_first_step_is_a_gru_on_h():

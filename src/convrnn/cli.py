@@ -15,6 +15,7 @@ import sys
 import re
 from pathlib import Path
 
+from . import convert as convert_
 from .cost import cell_cost, format_table, model_cost, reference_table
 from .registry import (cell_entry, cell_families, create_cell, list_cells, list_models, model_aliases, model_entry,
                        model_from_config)
@@ -36,6 +37,8 @@ commands:
   export --ckpt_path CKPT --output FILE.onnx [--mode sequence|step]
                                          ONNX graph, checked against PyTorch in ONNX Runtime (pip install convrnn[deploy])
   data NAME --root DIR [--protocol P]    check a dataset folder (kth, taxibj, hko7, radolan, folder, ...)
+  convert --from openstl|msrnn CKPT --config FILE.yaml --output OUT.ckpt
+                                         import an OpenSTL or MS-RNN checkpoint (docs/references.md)
 
 fit/validate/test/predict: --section.key value overrides the config (e.g. --model.net.channels 16,
 --trainer.max_steps 1000); --ckpt_path last|best takes the newest checkpoint of this config's runs
@@ -207,6 +210,7 @@ COMMANDS = {
     "test": lightning("test"),
     "predict": lazy("predict_cli"),   # --input: a checkpoint on your files; --config: Lightning
     "export": lazy("export"),
+    "convert": convert_.main,
 }
 
 

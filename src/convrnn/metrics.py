@@ -16,8 +16,9 @@ On the predicted future frames only, pixel values in [0, 1], per predicted frame
     (co)variances — Wang et al. 2004, MS-RNN's code; scikit-image's ``structural_similarity(
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``.
   * "openstl": what OpenSTL's tables use — scikit-image <= 0.19 defaults on float images: 7x7 uniform
-    window, sample (co)variances (N / (N - 1)), data range R = 2. It reads higher than "standard"
-    (by about 0.015-0.035 on blurry predictions): compare numbers only within one convention.
+    window, sample (co)variances (N / (N - 1)), data range R = 2. It reads higher than "standard" by an
+    amount that depends on the error (measured +0.02 for a 1-pixel blur to +0.18 for light noise,
+    docs/references.md), so no constant converts one into the other: compare within one convention.
 - LPIPS (optional, AlexNet, Zhang et al. 2018) when torchvision and its pretrained weights are available.
 
 torchmetrics' own SSIM is not used: it averages over the whole reflect-padded image instead of cropping

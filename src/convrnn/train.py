@@ -4,7 +4,7 @@
 :func:`convrnn.registry.model_from_config`); the network stays a plain ``nn.Module``.
 
 - training: scheduled sampling. At every step the schedule gives (p_input, p_output) for
-  ``self.global_step`` and :func:`convrnn.schedules.sample_mask` draws the boolean step mask with
+  ``self.global_step`` (and ``self.current_epoch``, for per-epoch schedules) and :func:`convrnn.schedules.sample_mask` draws the boolean step mask with
   torch's RNG; the network only ever sees that mask. The loss is
   :func:`convrnn.losses.frame_loss` over ``Prediction.outputs`` vs ``Prediction.targets`` (every
   emitted frame; summed over C x H x W of a frame, averaged over frames and sequences), plus
@@ -179,7 +179,7 @@ class PredictionTask(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         frames = frames_of(batch)
         self._check_length(frames)
-        p_in, p_out = self.schedule.probs(self.global_step)
+        p_in, p_out = self.schedule.probs(self.global_step, self.current_epoch)
         mask = sample_mask(p_in, p_out, frames.shape[0], self.in_len, self.out_len, frames.device,
                            per_sample=self.hparams.per_sample_mask)
         pred = self.net(frames, mask)

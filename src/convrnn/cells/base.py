@@ -11,15 +11,33 @@ that uses ``m`` (``zigzag = True``) reads it (zeros when None; without it a cell
 back its own ``state.m``) and returns the new M; every other cell returns ``m`` unchanged.  So a
 network threads ``m`` through every layer without asking what a cell is: a cell never knows where it
 is in the stack.
+
+Two reference forms need more than x from the layer below (MIM's and MotionRNN's difference input
+in MS-RNN's code, OpenSTL's MIM-N cascade, the thuml Motion Highway): a cell that sets
+``reads_below = True`` is called ``cell(x, state, m, below=Below(direct, lateral))`` by the network
+(:func:`convrnn.models.stack.step_layers`) and must work with ``below=None`` (a cell on its own).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import RecurrentOp, _pair, block_kinds, check_input
+
+
+class Below(NamedTuple):
+    """What the network hands a ``reads_below`` cell besides its input x at one step.
+
+    Attributes:
+        direct: the input without the skips added, R(h^{l-1}_t) (R resamples to this layer's size);
+            equal to x at layer 1 and wherever no skip arrives.
+        lateral: the ``lateral`` field of the state the layer below produced at this step, resampled
+            to this layer's size; None at layer 1 and when the layer below has no such field.
+    """
+    direct: Tensor
+    lateral: Tensor | None
 
 
 class Cell(nn.Module):
@@ -43,6 +61,8 @@ class Cell(nn.Module):
     gating_products: int = 0
     #: reads/writes the zig-zag memory M (PredRNN family).
     zigzag: bool = False
+    #: called as ``cell(x, state, m, below=Below(...))`` by the network (see :class:`Below`).
+    reads_below: bool = False
     #: the state's H and W must be divisible by this (e.g. 2 for MotionRNN's stride-2 encoder).
     size_multiple: int = 1
     registry_name: str = ""

@@ -45,14 +45,20 @@ class SpatioTemporalLSTM(Cell):
 
     Choices where implementations differ from the paper:
 
-    - forget bias: the authors' code adds a constant 1.0 to the pre-activations of f and f'.  We
-      initialise the biases of f and f' to ``forget_bias`` (default 1.0) instead: the same function
-      class (the bias is trainable), one addition fewer.
+    - forget bias: the authors' code (thuml/predrnn-pytorch) and OpenSTL add a constant 1.0 to the
+      pre-activations of f and f'.  We initialise the biases of f and f' to ``forget_bias`` (default
+      1.0) instead: the same function class (the bias is trainable), one addition fewer;
+      :mod:`convrnn.convert` folds the constant into these biases on import.  MS-RNN's code adds no
+      constant (its configs here use ``forget_bias: 0``, PyTorch's default bias initialisation).
     - no LayerNorm: the authors' code has a ``layer_norm`` switch; OpenSTL's and MS-RNN's Moving MNIST
       settings turn it off, and a LayerNorm over (C, H, W) would fix the state resolution.
-    - biases: one bias per block on the input convolution; the recurrent convolutions have none (the
-      authors' PredRNN code biases every convolution: redundant parameters, same function class).
-    - the last convolution is 1x1 with bias, as in the paper and the authors' code.
+    - biases: one bias per block on the input convolution; the recurrent convolutions have none.
+      The authors' code and OpenSTL have no bias anywhere (``bias=False``, the constant forget bias
+      aside); MS-RNN's code biases every convolution (redundant on the recurrent ones: the same
+      function class, 576 more parameters per layer at C = 64).
+    - the last convolution is 1x1 with bias, as in the paper (the authors' code and OpenSTL: no bias).
+    - o's terms on c_t and M_t: OpenSTL (and the authors' code) compute them as one k x k
+      convolution of [c_t, M_t]; that is V_c * c_t + V_m * M_t, the same function.
 
     Gating products per step: 5 (f⊙c, i⊙g, f'⊙M, i'⊙g', o⊙tanh(·)).
     """

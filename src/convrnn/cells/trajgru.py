@@ -47,7 +47,7 @@ class TrajGRU(Cell):
         w_l  = warp(h_{t-1}, U_l, V_l)        (bilinear sample at (i + V_l, j + U_l), zeros outside)
         z    = σ(W_xz * x_t + Σ_l U_z^l ∘ w_l + b_z)
         r    = σ(W_xr * x_t + Σ_l U_r^l ∘ w_l + b_r)
-        h~   = LeakyReLU(W_xh * x_t + r ⊙ (Σ_l U_h^l ∘ w_l) + b_h)         (negative slope 0.2)
+        h~   = LeakyReLU(W_xh * x_t + r ⊙ (Σ_l U_h^l ∘ w_l [+ b_hh]) + b_h)  (negative slope 0.2)
         h_t  = (1 - z) ⊙ h~ + z ⊙ h_{t-1}
 
     ``U^l ∘ w_l`` is the paper's 1x1 convolution (``recurrent='conv'``).  Hadamard variants (new for
@@ -75,8 +75,11 @@ class TrajGRU(Cell):
       ``align_corners=False`` with a (W - 1) normalisation: a sub-pixel offset).
     - gate layout as the paper: r multiplies the projected recurrent term (not r ⊙ h before the
       convolution as in ConvGRU), z keeps the old state.
-    - biases: one per block on the input convolution and one on γ's hidden layer; the recurrent 1x1
-      projection and γ's state convolution have none (both codes bias them too: redundant).
+    - biases: one per block on the input convolution and one on γ's hidden layer; γ's state
+      convolution has none (both codes bias it: redundant, it adds to the hidden layer's bias).  Both
+      codes also bias the 1x1 projection: redundant for z and r (it adds to their input biases), but
+      not for the candidate, where it sits inside r ⊙ (·): ``candidate_bias=True`` adds that b_hh
+      (a different function class; the MS-RNN configs use it), the default leaves it out.
     - zoneout (the authors' optional regulariser) is not implemented.
 
     Multiplications per step: ``gating_products = 3`` C·H·W products (r ⊙ ·, (1-z) ⊙ h~, z ⊙ h); the
@@ -88,7 +91,7 @@ class TrajGRU(Cell):
 
     def __init__(self, in_channels: int, channels: int, kernel: int = 3, recurrent: str = "conv",
                  hadamard: str = "position", size=None, links: int = 13, flow_channels: int = 32,
-                 flow_kernel: int = 5):
+                 flow_kernel: int = 5, candidate_bias: bool = False):
         super().__init__(in_channels, channels, kernel, recurrent, hadamard, size)
         if links < 1 or flow_channels < 1:
             raise ValueError(f"links and flow_channels must be positive, got links={links}, "
@@ -104,6 +107,7 @@ class TrajGRU(Cell):
         nn.init.zeros_(self.flow_out.weight)
         nn.init.zeros_(self.flow_out.bias)
         self.uh = RecurrentOp(channels, block_kinds(recurrent, 2, 1), 1, hadamard, self.size, links=links)
+        self.b_hh = nn.Parameter(torch.zeros(channels)) if candidate_bias else None   # inside r ⊙ (·)
 
     def init_state(self, x: Tensor) -> TrajGRUState:
         return TrajGRUState(self.zeros(x))
@@ -120,6 +124,8 @@ class TrajGRU(Cell):
         uz, ur, uh = self.uh(warp_links(h, self.flows(x, h)).flatten(1, 2)).chunk(3, 1)
         z = torch.sigmoid(xz + uz)
         r = torch.sigmoid(xr + ur)
+        if self.b_hh is not None:
+            uh = uh + self.b_hh.view(1, -1, 1, 1)
         cand = F.leaky_relu(xh + r * uh, 0.2)
         h = (1 - z) * cand + z * h
         return h, TrajGRUState(h), m

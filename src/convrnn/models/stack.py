@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..cells.base import Below
 from ..layers import resample
 from ..loop import phase_mask, unroll
 from ..registry import cell_entry, create_cell, register_model
@@ -58,19 +59,29 @@ def step_layers(cells: Sequence[nn.Module], x: Tensor, states: Sequence | None, 
     ``sizes[l]`` (max-pool down, bilinear up; ``sizes=None``: one resolution, no resampling).  The
     zig-zag memory ``m`` is threaded through every cell (``h, s, m = cell(x, s, m)``); before a layer
     that reads it (``memory_sizes[l]`` not None) it is resampled to that layer's size, without skips.
+    A cell with ``reads_below = True`` also gets ``below=Below(direct, lateral)``: its input without
+    the skips, and the ``lateral`` field of the state layer l-1 just produced, resampled the same way
+    (:class:`~convrnn.cells.base.Below`; MS-RNN's and OpenSTL's MIM, the thuml Motion Highway).
     Returns the top layer's output, the new per-layer states and the memory leaving the top layer.
     """
     states = states if states is not None else [None] * len(cells)
     outs: list[Tensor] = []
     new = []
     for l, cell in enumerate(cells):
+        direct = x
         if l > 0:
-            x = outs[-1] if sizes is None else resample(outs[-1], sizes[l], down, up)
+            x = direct = outs[-1] if sizes is None else resample(outs[-1], sizes[l], down, up)
             for j in (skip_from[l] if skip_from is not None else ()):
                 x = x + resample(outs[j], sizes[l], down, up)
         if m is not None and memory_sizes is not None and memory_sizes[l] is not None:
             m = resample(m, memory_sizes[l], down, up)
-        h, s, m = cell(x, states[l], m)
+        if getattr(cell, "reads_below", False):
+            lateral = getattr(new[-1], "lateral", None) if l > 0 else None
+            if lateral is not None and sizes is not None:
+                lateral = resample(lateral, sizes[l], down, up)
+            h, s, m = cell(x, states[l], m, below=Below(direct, lateral))
+        else:
+            h, s, m = cell(x, states[l], m)
         outs.append(h)
         new.append(s)
     return outs[-1], new, m
