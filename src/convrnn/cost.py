@@ -21,7 +21,8 @@ Two independent counts that must agree (``tests/test_cost.py`` checks them for e
 - **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
   ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
   ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), ``aten.mul`` between two tensors that both hold
-  more than one element (a product of two signals; scaling by a constant is not), and bilinear
+  more than one element (a product of two signals; scaling by a constant is not), ``aten.addcmul``
+  (``a + t1 * t2``: one product per element when t1 and t2 are both signals), and bilinear
   ``aten.grid_sampler_2d`` (4 products per output element: the four corner values times their
   weights).  Every other operator is tallied by name only.
 
@@ -50,6 +51,8 @@ aten = torch.ops.aten
 #: matrix products -> position of the left operand; MACs = output numel x its last dimension
 _MATMULS = {aten.mm: 0, aten.addmm: 1, aten.bmm: 0, aten.baddbmm: 1, aten.mv: 0, aten.addmv: 1, aten.dot: 0}
 _MULS = {aten.mul, aten.mul_}
+#: fused multiply-adds ``self + value * t1 * t2``: one product of two signals per output element
+_ADDCMULS = {aten.addcmul, aten.addcmul_}
 #: products per output element of grid_sample by interpolation mode (0 bilinear, 1 nearest, 2 bicubic)
 _GRID_PRODUCTS = {0: 4, 1: 0, 2: 16}
 
@@ -94,6 +97,8 @@ class _Counter(TorchDispatchMode):
         elif packet in _MATMULS:
             c.macs += out.numel() * args[_MATMULS[packet]].shape[-1]
         elif packet in _MULS and len(args) >= 2 and _is_signal(args[0]) and _is_signal(args[1]):
+            c.products += out.numel()
+        elif packet in _ADDCMULS and _is_signal(args[1]) and _is_signal(args[2]):
             c.products += out.numel()
         elif packet is aten.grid_sampler_2d:
             c.products += _GRID_PRODUCTS.get(args[2], 0) * out.numel()

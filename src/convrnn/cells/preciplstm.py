@@ -32,13 +32,24 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
     r, height = size // 2, q.shape[-2]
     kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
     # row dy of neighbours of every pixel: (B, C, H, W, size) view, entry dx <-> (i + dy - r, j + dx - r)
-    logits = [(q.unsqueeze(-1) * kp[:, :, dy:dy + height].unfold(3, size, 1)).sum(1) for dy in range(size)]
+    logits = [(q.unsqueeze(-1) * _neighbours(kp, dy, height, size)).sum(1) for dy in range(size)]
     weights = torch.softmax(torch.cat(logits, -1), -1).unsqueeze(1)  # (B, 1, H, W, size²)
     out = 0
     for dy in range(size):
-        rows = vp[:, :, dy:dy + height].unfold(3, size, 1)
+        rows = _neighbours(vp, dy, height, size)
         out = out + (weights[..., dy * size:(dy + 1) * size] * rows).sum(-1)
     return out
+
+
+def _neighbours(padded: Tensor, dy: int, height: int, size: int) -> Tensor:
+    """Row ``dy`` of the neighbourhoods of a padded map: (B, C, H, W, size), a ``Tensor.unfold`` view.
+    During ONNX export the same values are stacked from ``size`` slices instead (a copy): the
+    TorchScript exporter cannot convert ``unfold`` once the batch axis is dynamic."""
+    row = padded[:, :, dy:dy + height]
+    if torch.onnx.is_in_onnx_export():
+        width = row.shape[-1] - size + 1
+        return torch.stack([row[..., dx:dx + width] for dx in range(size)], -1)
+    return row.unfold(3, size, 1)
 
 
 class PrecipLSTMState(NamedTuple):
