@@ -7,6 +7,7 @@ one line on stderr (the traceback with ``--debug`` or ``CONVRNN_DEBUG=1``).  To 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import os
@@ -31,6 +32,10 @@ commands:
                                          metrics of a checkpoint on the validation / test data
   predict --config FILE.yaml --ckpt_path CKPT
                                          predictions (.npy) and GIF/PNG examples of the test data
+     or predict --ckpt_path CKPT --input FILE_OR_FOLDER [--out_len N] [--output DIR]
+                                         forecast your own frames (.npy/.npz/.h5, PNG folders, videos), no config
+  export --ckpt_path CKPT --output FILE.onnx [--mode sequence|step]
+                                         ONNX graph, checked against PyTorch in ONNX Runtime (pip install convrnn[deploy])
   data NAME --root DIR [--protocol P]    check a dataset folder (kth, taxibj, hko7, radolan, folder, ...)
   convert --from openstl|msrnn CKPT --config FILE.yaml --output OUT.ckpt
                                          import an OpenSTL or MS-RNN checkpoint (docs/references.md)
@@ -39,7 +44,7 @@ fit/validate/test/predict: --section.key value overrides the config (e.g. --mode
 --trainer.max_steps 1000); --ckpt_path last|best takes the newest checkpoint of this config's runs
 (fit: resume); --run_dir DIR (default runs) is where each command makes its new folder
 RUN_DIR/<config path>/<time>-<command>, printed at the end.  Errors are one line; --debug (or
-CONVRNN_DEBUG=1) shows the traceback.  Docs: README.md, docs/training.md.
+CONVRNN_DEBUG=1) shows the traceback.  Docs: README.md, docs/training.md, docs/deploy.md.
 """
 
 
@@ -179,6 +184,17 @@ def lightning(command: str):
     return run
 
 
+def lazy(module: str):
+    """The ``command(argv)`` of ``convrnn.<module>``, imported only when used; its argparse exits
+    (``--help``, usage errors) become exit statuses."""
+    def run(argv: list[str]) -> int:
+        try:
+            return importlib.import_module(f".{module}", __package__).command(argv)
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return run
+
+
 def data(argv: list[str]) -> int:
     """``convrnn data NAME --root DIR``: :func:`convrnn.data.check.main` (imported only when used)."""
     from .data.check import main as check
@@ -192,7 +208,8 @@ COMMANDS = {
     "fit": lightning("fit"),
     "validate": lightning("validate"),
     "test": lightning("test"),
-    "predict": lightning("predict"),
+    "predict": lazy("predict_cli"),   # --input: a checkpoint on your files; --config: Lightning
+    "export": lazy("export"),
     "convert": convert_.main,
 }
 

@@ -23,8 +23,9 @@ Two independent counts that must agree (``tests/test_cost.py`` checks them for e
 - **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
   ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
   ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), the fused
-  ``scaled_dot_product_attention`` kernels (MACs of its two products), ``aten.mul`` between two tensors that both hold
-  more than one element (a product of two signals; scaling by a constant is not), and bilinear
+  ``scaled_dot_product_attention`` kernels (MACs of its two products), ``aten.mul`` between two tensors
+  that both hold more than one element (a product of two signals; scaling by a constant is not),
+  ``aten.addcmul`` (``a + t1 * t2``: one product per element when t1 and t2 are both signals), and bilinear
   ``aten.grid_sampler_2d`` (4 products per output element: the four corner values times their
   weights).  Every other operator is tallied by name only.
 
@@ -58,6 +59,8 @@ _MULS = {aten.mul, aten.mul_}
 _ATTENTION = {getattr(aten, name) for name in (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, name)}
+#: fused multiply-adds ``self + value * t1 * t2``: one product of two signals per output element
+_ADDCMULS = {aten.addcmul, aten.addcmul_}
 #: products per output element of grid_sample by interpolation mode (0 bilinear, 1 nearest, 2 bicubic)
 _GRID_PRODUCTS = {0: 4, 1: 0, 2: 16}
 
@@ -105,6 +108,8 @@ class _Counter(TorchDispatchMode):
             q, k, v = args[:3]
             c.macs += q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
         elif packet in _MULS and len(args) >= 2 and _is_signal(args[0]) and _is_signal(args[1]):
+            c.products += out.numel()
+        elif packet in _ADDCMULS and _is_signal(args[1]) and _is_signal(args[2]):
             c.products += out.numel()
         elif packet is aten.grid_sampler_2d:
             c.products += _GRID_PRODUCTS.get(args[2], 0) * out.numel()

@@ -136,9 +136,54 @@ class RecurrentOp(nn.Module):
             out = out.view(b, len(self.kinds), self.channels, hh, ww)[:, self._perm].reshape(b, -1, hh, ww)
         return out
 
+    def add_to(self, pre: Tensor, h: Tensor) -> Tensor:
+        """``pre + self(h)``, computed into ``pre`` (B, n_blocks·C, H, W), e.g. the input convolution's
+        ``W * x + b``: the fused form every cell's gates use.
+
+        Each run of consecutive Hadamard blocks is ONE in-place ``addcmul_`` (``pre_b += U_b ⊙ h`` for all
+        its blocks, no temporary, no concatenation), the convolution blocks' one convolution is added to
+        their slices, and nothing is reordered.  ``forward`` instead builds U ∘ h as a new tensor in block
+        order (a concatenation and, when Hadamard blocks come first, a permutation) that is then added:
+        three more passes over 4·C·H·W values per ConvLSTM step.  ``pre`` may be a channel slice of a
+        larger tensor (ConvGRU's gates); autograd sees ordinary in-place ops (the convolution that made
+        ``pre`` does not keep its output for backward).  Several links (TrajGRU) use ``pre + self(h)``.
+        During ONNX export the same sums are built out of place (one concatenation of the runs), since the
+        TorchScript exporter drops in-place writes into views."""
+        self.check(h)
+        if self.links != 1:
+            return pre + self(h)
+        blocks = pre.unflatten(1, (len(self.kinds), self.channels))     # a view: writes go to pre
+        conv = self.conv(h).unflatten(1, (-1, self.channels)) if self.conv is not None else None
+        h1 = h.unsqueeze(1)
+        exporting = torch.onnx.is_in_onnx_export()   # the TorchScript exporter loses writes into views
+        parts, ci, hi = [], 0, 0
+        for kind, start, stop in _runs(self.kinds):
+            n, run = stop - start, blocks[:, start:stop]
+            if kind == "conv":
+                parts.append(run + conv[:, ci:ci + n] if exporting else run.add_(conv[:, ci:ci + n]))
+                ci += n
+            else:
+                w = self.weight[hi:hi + n]
+                parts.append(torch.addcmul(run, w, h1) if exporting else run.addcmul_(w, h1))
+                hi += n
+        if not exporting:
+            return pre
+        return torch.cat(parts, 1).flatten(1, 2) if len(parts) > 1 else parts[0].flatten(1, 2)
+
     def extra_repr(self) -> str:
         links = f", links={self.links}" if self.links > 1 else ""
         return f"kinds={self.kinds}, hadamard={self.hadamard!r}, size={self.size}{links}"
+
+
+def _runs(kinds: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Runs of equal kinds: ('hadamard', 'hadamard', 'conv') -> [('hadamard', 0, 2), ('conv', 2, 3)]."""
+    runs: list[tuple[str, int, int]] = []
+    for i, kind in enumerate(kinds):
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1], i + 1)
+        else:
+            runs.append((kind, i, i + 1))
+    return runs
 
 
 def input_conv(in_channels: int, blocks: int, channels: int, kernel: int, bias: bool = True) -> nn.Conv2d:

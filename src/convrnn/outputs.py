@@ -169,8 +169,8 @@ def _row(frames: list[np.ndarray], gap: int = 2) -> np.ndarray:
 
 
 def write_examples(out_dir: str | Path, inputs: np.ndarray, targets: np.ndarray | None,
-                   predictions: np.ndarray, count: int = 4, fps: int = 4) -> list[Path]:
-    """For the first ``count`` sequences: ``example_<i>.gif`` (panels input | truth | prediction
+                   predictions: np.ndarray, count: int = 4, fps: int = 4, first: int = 0) -> list[Path]:
+    """For the first ``count`` sequences: ``example_<first + i>.gif`` (panels input | truth | prediction
     over t = 0 .. in_len + out_len - 1; the input panel holds its last frame once the
     prediction starts, the truth and prediction panels show the observed frames first) and
     ``example_<i>.png`` (rows input, truth, prediction, one column per frame)."""
@@ -190,7 +190,7 @@ def write_examples(out_dir: str | Path, inputs: np.ndarray, targets: np.ndarray 
         model = x + p
         held = x + [x[-1]] * out_len
         gif = [_row([_enlarge(f) for f in (held[t], truth[t], model[t])]) for t in range(in_len + out_len)]
-        gif_path = out_dir / f"example_{i:03d}.gif"
+        gif_path = out_dir / f"example_{first + i:03d}.gif"
         imageio.mimsave(gif_path, gif, duration=1000 / fps, loop=0)
 
         rows = [("input", x), ("truth", y), ("prediction", p)]
@@ -207,7 +207,7 @@ def write_examples(out_dir: str | Path, inputs: np.ndarray, targets: np.ndarray 
                     ax.imshow(frames[c], cmap=None if frames[c].ndim == 3 else "gray", vmin=0, vmax=255)
             axes[r][0].set_ylabel(name, fontsize=8)
         fig.tight_layout(pad=0.2)
-        png_path = out_dir / f"example_{i:03d}.png"
+        png_path = out_dir / f"example_{first + i:03d}.png"
         fig.savefig(png_path, dpi=80)
         plt.close(fig)
         written += [gif_path, png_path]

@@ -12,6 +12,7 @@ decorators, so the registries are full as soon as ``convrnn`` is imported.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -91,8 +92,12 @@ def model_entry(name: str) -> Callable:
 
 def create_model(name: str, **kw):
     """Build a registered model (``stack``, ``msrnn``, ``composite``, ...) from keyword arguments,
-    e.g. the ``model`` section of a YAML config."""
-    return model_entry(name)(**kw)
+    e.g. the ``model`` section of a YAML config.  The model keeps them as ``model.config``
+    (``{'name': name, **kw}``, a copy), so it can be saved and rebuilt without pickling
+    (:meth:`convrnn.Forecaster.save_pretrained`)."""
+    model = model_entry(name)(**kw)
+    model.config = {"name": name, **copy.deepcopy(kw)}
+    return model
 
 
 def model_from_config(cfg: dict):

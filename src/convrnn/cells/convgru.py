@@ -48,10 +48,8 @@ class ConvGRU(Cell):
                 ) -> tuple[Tensor, ConvGRUState, Tensor | None]:
         self.check(x)
         (h,) = state if state is not None else self.init_state(x)
-        xz, xr, xh = self.wx(x).chunk(3, 1)
-        uz, ur = self.uh(h).chunk(2, 1)
-        z = torch.sigmoid(xz + uz)
-        r = torch.sigmoid(xr + ur)
-        cand = torch.tanh(xh + self.uc(r * h))
-        h = (1 - z) * h + z * cand
+        pre, c = self.wx(x), self.channels                               # blocks z, r, h~
+        z, r = torch.sigmoid(self.uh.add_to(pre[:, :2 * c], h)).chunk(2, 1)   # one sigmoid for both gates
+        cand = torch.tanh(self.uc.add_to(pre[:, 2 * c:], r * h))
+        h = torch.addcmul((1 - z) * h, z, cand)                         # (1 - z) ⊙ h + z ⊙ h~
         return h, ConvGRUState(h), m

@@ -56,8 +56,8 @@ class ConvJANET(Cell):
                 ) -> tuple[Tensor, ConvJANETState, Tensor | None]:
         self.check(x)
         (c,) = state if state is not None else self.init_state(x)
-        s, g = (self.wx(x) + self.uh(c)).chunk(2, 1)
-        c = torch.sigmoid(s) * c + (1 - torch.sigmoid(s - self.beta)) * torch.tanh(g)
+        s, g = self.uh.add_to(self.wx(x), c).chunk(2, 1)   # W * x + b + U ∘ h, blocks f, c~
+        c = torch.addcmul(torch.sigmoid(s) * c, 1 - torch.sigmoid(s - self.beta), torch.tanh(g))
         return c, ConvJANETState(c), m
 
     def extra_repr(self) -> str:

@@ -63,13 +63,18 @@ class ConvLSTM(Cell):
                 ) -> tuple[Tensor, ConvLSTMState, Tensor | None]:
         self.check(x)
         h, c = state if state is not None else self.init_state(x)
-        i, f, o, g = (self.wx(x) + self.uh(h)).chunk(4, 1)
+        pre = self.uh.add_to(self.wx(x), h)              # W * x + b + U ∘ h, blocks i, f, o, g
         if self.peephole:
             self.check_peephole(c)
+            i, f, o, g = pre.chunk(4, 1)
             i = i + self.w_peep[0] * c
             f = f + self.w_peep[1] * c
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        if self.peephole:
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             o = o + self.w_peep[2] * c
-        h = torch.sigmoid(o) * torch.tanh(c)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return h, ConvLSTMState(h, c), m
+        gates, g = pre.split((3 * self.channels, self.channels), 1)
+        i, f, o = torch.sigmoid(gates).chunk(3, 1)       # one sigmoid for the three gates
+        c = torch.addcmul(f * c, i, torch.tanh(g))       # f ⊙ c + i ⊙ g
+        h = o * torch.tanh(c)
         return h, ConvLSTMState(h, c), m

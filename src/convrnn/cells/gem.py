@@ -56,9 +56,9 @@ class GEM(Cell):
                 ) -> tuple[Tensor, GEMState, Tensor | None]:
         self.check(x)
         h, e = state if state is not None else self.init_state(x)
-        g, z, ec, hc = (self.wx(x) + self.uh(h)).chunk(4, 1)
-        g = torch.sigmoid(g)
-        z = torch.sigmoid(z)
-        e = g * e + (1 - g) * torch.tanh(ec)
-        h = z * torch.tanh(e) + (1 - z) * torch.tanh(hc)
+        gates, cands = self.uh.add_to(self.wx(x), h).chunk(2, 1)   # W * x + b + U ∘ h: g, z | e~, h~
+        g, z = torch.sigmoid(gates).chunk(2, 1)                     # one sigmoid, one tanh for two blocks each
+        ec, hc = torch.tanh(cands).chunk(2, 1)
+        e = torch.addcmul(g * e, 1 - g, ec)                         # g ⊙ e + (1 - g) ⊙ e~
+        h = torch.addcmul(z * torch.tanh(e), 1 - z, hc)            # z ⊙ tanh(e) + (1 - z) ⊙ h~
         return h, GEMState(h, e), m

@@ -1,9 +1,9 @@
-"""What every predictor returns, and the input checks they share."""
+"""What every predictor returns, the input checks they share, and the streaming protocol."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Integral
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,14 @@ def frame_size_pair(size) -> tuple[int, int]:
 class Predictor(nn.Module):
     """Base of sequence-to-sequence frame predictors: holds the sequence layout and checks input.
 
+    Streaming protocol (what :class:`convrnn.Forecaster` and its streams use): ``observe(frame,
+    state) -> state`` feeds one observed frame (B, C, H, W) and keeps the recurrent state (``None``
+    = nothing seen yet); ``rollout(state, steps) -> (B, steps, C, H, W)`` forecasts the next frames
+    from that state without changing it.  ``forecast(frames, steps)`` observes every frame of
+    (B, T, C, H, W) then rolls out; with ``T = in_len`` and ``steps = out_len`` it equals
+    ``forward(frames).future`` (tests/test_forecaster.py checks every registered model).  A subclass
+    that cannot stream keeps the default ``observe``, which raises an error naming the model.
+
     Args:
         frame_channels: C of the frames.
         frame_size: (H, W) of the frames.
@@ -77,10 +85,11 @@ class Predictor(nn.Module):
     def seq_len(self) -> int:
         return self.in_len + self.out_len
 
-    def check_frames(self, frames: Tensor) -> Tensor:
+    def check_frames(self, frames: Tensor, min_len: int | None = None) -> Tensor:
         """Checks ``frames`` (B, T, C, H, W) against the model and returns them in the model's dtype:
         other float dtypes are converted, uint8 (0..255) is divided by 255 (the library's convention,
-        as in :func:`convrnn.losses.frames_of`); any other dtype is an error."""
+        as in :func:`convrnn.losses.frames_of`); any other dtype is an error.  At least ``min_len``
+        frames (default ``in_len``)."""
         if not isinstance(frames, Tensor):
             raise TypeError(f"expected a tensor of frames (B, T, C, H, W), got {type(frames).__name__}")
         if frames.dim() != 5:
@@ -97,11 +106,34 @@ class Predictor(nn.Module):
         if (h, w) != self.frame_size:
             raise ValueError(f"model built for {self.frame_size[0]}x{self.frame_size[1]} frames, got {h}x{w}; "
                              f"set frame_size=({h}, {w})")
-        if t < self.in_len:
-            raise ValueError(f"need at least in_len={self.in_len} frames, got {t}")
+        if t < (self.in_len if min_len is None else min_len):
+            raise ValueError(f"need at least in_len={self.in_len} frames, got {t}" if min_len is None
+                             else f"need at least {min_len} frame(s), got {t}")
         dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
         if frames.dtype == torch.uint8:
             return frames.to(dtype) / 255
         if not frames.is_floating_point():
             raise TypeError(f"frames of dtype {frames.dtype}: give floats in [0, 1] (or uint8 0..255)")
         return frames.to(dtype)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def observe(self, frame: Tensor, state: Any) -> Any:
+        """Feed one observed frame (B, C, H, W); returns the new streaming state."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement observe/rollout, so it cannot "
+                                  "stream or forecast frame by frame; use forward(frames).future")
+
+    def rollout(self, state: Any, steps: int) -> Tensor:
+        """The next ``steps`` frames (B, steps, C, H, W) after the observed ones; ``state`` is not changed."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement observe/rollout")
+
+    def forecast(self, frames: Tensor, steps: int | None = None) -> Tensor:
+        """Observe every frame of ``frames`` (B, T, C, H, W), T >= 1, then forecast ``steps`` frames
+        (default ``out_len``); more steps than trained run the model on its own outputs."""
+        steps = self.out_len if steps is None else steps
+        if steps < 1:
+            raise ValueError(f"steps (frames to forecast) must be >= 1, got {steps}")
+        frames = self.check_frames(frames, min_len=1)
+        state = None
+        for t in range(frames.shape[1]):
+            state = self.observe(frames[:, t], state)
+        return self.rollout(state, steps)

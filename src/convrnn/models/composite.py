@@ -80,6 +80,12 @@ class DecoderState(NamedTuple):
     blank: bool  # feed no input at this step (the reconstructor's first step)
 
 
+class CompositeStream(NamedTuple):
+    """What a composite model's stream keeps between observed frames (see :meth:`CompositeModel.observe`)."""
+    encoder: LayersState      # the recurrent encoder's state after the last observed frame
+    last: Tensor              # the last observed frame (the conditional predictor's first input)
+
+
 class CompositeModel(Predictor):
     """Composite encoder / predictor / reconstructor model (Srivastava et al. 2015, "Unsupervised
     Learning of Video Representations using LSTMs"), with Sautermeister's (2016) convolutional frame
@@ -171,6 +177,22 @@ class CompositeModel(Predictor):
             x = frame.new_zeros(frame.shape[0], self.enc_channels, *self.state_size)
         h, layers = cells(x, state.layers)
         return decoder(h), DecoderState(layers, False)
+
+    # -- streaming (see Predictor) -------------------------------------------------------------
+    def observe(self, frame: Tensor, state: CompositeStream | None) -> CompositeStream:
+        """One encoder step on an observed frame.  The forecast is not made here: the predictor is a
+        separate network started from the encoder's state, so :meth:`rollout` runs it from there."""
+        _, enc = self._encode_step(frame, None if state is None else state.encoder)
+        return CompositeStream(enc, frame)
+
+    def rollout(self, state: CompositeStream | None, steps: int) -> Tensor:
+        """The predictor's ``steps`` frames from the encoder's state (fed the last observed frame
+        first when conditional, then its own outputs), as ``forward`` does; ``state`` is not changed."""
+        if state is None:
+            raise ValueError("observe at least one frame before forecasting")
+        step = partial(self._decode_step, self.predictor, self.predictor_decoder, self.conditional_predictor)
+        future, _ = unroll(step, DecoderState(state.encoder, False), state.last[:, None], steps)
+        return future
 
     # -- forward -------------------------------------------------------------------------------
     def check_mask(self, mask: Tensor, batch: int) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from ..cells.base import Below
@@ -40,6 +41,12 @@ class StackState(NamedTuple):
     layers: list              # each layer's cell state
     m: Tensor | None          # zig-zag memory leaving the top layer (PredRNN family), else None
     aux: Tensor | None        # running sum of per-layer auxiliary terms (see ``layer_aux``)
+
+
+class StackStream(NamedTuple):
+    """What a stack's stream keeps between observed frames (see :meth:`RecurrentStack.observe`)."""
+    state: StackState         # the recurrent state after the last observed frame (aux dropped)
+    next: Tensor              # the prediction of the next frame, made by that same step
 
 
 def step_layers(cells: Sequence[nn.Module], x: Tensor, states: Sequence | None, m: Tensor | None,
@@ -248,6 +255,24 @@ class RecurrentStack(Predictor):
             if term is not None:
                 aux = term if aux is None else aux + term
         return self.codec.decode(h), StackState(layers, m, aux)
+
+    # -- streaming (see Predictor) ----------------------------------------------------------
+    def observe(self, frame: Tensor, state: StackStream | None) -> StackStream:
+        """One step on an observed frame: keeps the state and the prediction of the next frame."""
+        pred, new = self.step(frame, None if state is None else state.state)
+        return StackStream(new._replace(aux=None), pred)
+
+    def rollout(self, state: StackStream | None, steps: int) -> Tensor:
+        """The prediction made with the last observed frame, then ``steps - 1`` steps fed with the
+        model's own outputs (as ``forward`` does after ``in_len``); ``state`` is left as it was."""
+        if state is None:
+            raise ValueError("observe at least one frame before forecasting")
+        y, s = state.next, state.state
+        outputs = [y]
+        for _ in range(steps - 1):
+            y, s = self.step(y, s)
+            outputs.append(y)
+        return torch.stack(outputs, 1)
 
     def layer_aux(self, layer: int, cell: nn.Module, state: Any) -> Tensor | None:
         """Auxiliary loss term of one layer at one step (summed over layers and steps, divided by
