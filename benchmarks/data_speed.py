@@ -40,7 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     digits = torch.as_tensor(load_mnist_digits("train")).to(args.device)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(args.device).manual_seed(0)   # initial conditions drawn where they are rendered
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
     if args.loader:
         dataset = MovingMNIST(digits.cpu(), args.batch_size * (args.repeats + 3), args.seq_len, args.image_size,

@@ -67,8 +67,11 @@ def test_msrnn_reverse_schedule_steps_per_epoch():
 # gradient highway sits after layer 1 at full scale (higher); MIM and MotionRNN follow their papers
 # with a cheaper ST-LSTM as layer 1, which stays at full scale while the costlier blocks shrink
 # (lower).  The MS-RNN code runs a full MIM cell in every layer, hence its 0.43-0.44 for them too
-# (test_all_mim_stack_has_the_equal_layer_ratio).
-RATIO = {"predrnnpp": (0.43, 0.44), "mim": (0.38, 0.40), "motionrnn": (0.38, 0.40)}
+# (test_all_mim_stack_has_the_equal_layer_ratio).  PrecipLSTM's local attention (matrix products,
+# so MACs) does not scale with H x W: its 16 x 16 query tiles gather a key span wider than the
+# window on large maps and the whole map on small ones (0.435 at these 16 x 16 frames, 0.426 at the
+# configs' 64 x 64).
+RATIO = {"predrnnpp": (0.43, 0.44), "mim": (0.38, 0.40), "motionrnn": (0.38, 0.40), "preciplstm": (0.43, 0.44)}
 
 
 def _ratio(flat: dict, ms: dict) -> tuple[float, float]:

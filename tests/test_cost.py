@@ -123,7 +123,7 @@ class _LinearCell(Cell):
 
 class _HookCell(Cell):
     """A 2 -> 3 channel cell with a 3x3 convolution on a half-size map, a transposed convolution
-    back, and products the walker cannot see, declared by its hooks."""
+    back, and matrix and elementwise products the walker cannot see, declared by its hooks."""
     gating_products = 2
 
     def __init__(self):
@@ -138,11 +138,15 @@ class _HookCell(Cell):
     def extra_mults(self, height, width):
         return height * 1000 + width
 
+    def extra_macs(self, height, width):
+        return height * 100_000 + width * 10
+
 
 def test_cost_hooks_size_maps_add_extra_products_and_opaque_modules_raise():
     h, w = 6, 4
     params = (3 * 2 * 9 + 3) + (3 * 3 * 16 + 3) + (3 * 2 + 3)
     macs = (3 * 2) * 9 * 2 * 3 + (3 * 2) * 16 * 3 * 3 + (6 * 4) * 1 * 2 * 3   # half, half (input), full
+    macs += h * 100_000 + w * 10                                              # extra matrix products
     mults = macs + 2 * 3 * h * w + (h * 1000 + w)
     assert analytic_cell_cost(_HookCell(), h, w) == {"params": params, "mults": mults, "macs": macs}
     with pytest.raises(ValueError, match="_LinearCell.proj is a Linear.*extra_mults"):

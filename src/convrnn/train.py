@@ -25,6 +25,16 @@ step (or evaluation batch) is recorded on the device (``torch.where``, no sync) 
 (Lightning's ``detect_anomaly`` is the other tool: it finds the backward op that produced a NaN,
 at a large cost per step -- ``--trainer.detect_anomaly true`` when debugging.)
 
+``fast=True`` (``--model.fast true``) is the fast training path: the training objective compiled
+(:func:`torch.compile`, inductor, no max-autotune) and, on a GPU, captured in CUDA graphs (mode
+``reduce-overhead``; the scheduled-sampling mask is an input tensor, shapes are static, nothing in the
+step syncs with the host), Adam/AdamW fused, and the step's metrics logged only on the steps whose
+logs the Trainer writes (every ``log_every_n_steps``).  ``scope: step`` (default) compiles the
+network's one-time-step function once and reuses it for every step of the sequence (a short
+warm-up); ``scope: sequence`` compiles the whole unrolled forward and loss (one graph per pass,
+a longer warm-up).  Precision stays the Trainer's (``--trainer.precision bf16-mixed``); see
+docs/training.md.
+
 Checkpoints (:meth:`PredictionTask.on_load_checkpoint`): a checkpoint whose network differs from
 ``net`` is refused, naming the keys (:func:`checkpoint_conflicts`).  A resumed fit continues the
 saved optimizer and scheduler, so ``optimizer`` and ``scheduler`` must match the checkpoint; a new
@@ -52,6 +62,8 @@ from .registry import model_from_config
 from .schedules import create_schedule, sample_mask
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+FAST = {"scope": "step", "fullgraph": True, "dynamic": False}   # fast=True; a dict overrides keys
+SCOPES = ("step", "sequence")
 SCHEDULERS = (None, "onecycle", "cosine")
 DEFAULT_SCHEDULE = {"name": "linear", "iterations": 50_000}   # OpenSTL / PredRNN / MS-RNN
 
@@ -124,13 +136,17 @@ class PredictionTask(L.LightningModule):
             (``nn.Module.compile``), so checkpoints keep their parameter names and load either way.
             Every network is one graph (no breaks: tests/test_contract.py traces each with
             ``fullgraph=True``); training and evaluation each compile once per batch shape.
+        fast: the fast training path (module docstring): ``True`` or a dict over :data:`FAST`:
+            ``scope`` (``step`` | ``sequence``) and keyword arguments of :func:`torch.compile`
+            (``backend``, ``mode``...; ``mode`` defaults to ``reduce-overhead`` on a CUDA device with
+            inductor).  Not together with ``compile``.
     """
 
     def __init__(self, net: dict[str, Any], loss: Literal["mse", "l1", "l1+l2", "bce"] = "mse",
                  optimizer: Literal["adam", "adamw"] = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  scheduler: Literal["onecycle", "cosine"] | None = None, schedule: dict | None = None,
                  per_sample_mask: bool = True, ssim: Literal["standard", "openstl"] = "standard",
-                 finite_check_every: int = 50, compile: bool | dict = False):
+                 finite_check_every: int = 50, compile: bool | dict = False, fast: bool | dict = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
@@ -140,6 +156,11 @@ class PredictionTask(L.LightningModule):
             raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
         if finite_check_every < 0:
             raise ValueError(f"finite_check_every must be >= 0 (0 = never), got {finite_check_every}")
+        if compile and fast:
+            raise ValueError("fast compiles the training step itself; set either compile or fast, not both")
+        scope = {**FAST, **(fast if isinstance(fast, dict) else {})}["scope"]
+        if scope not in SCOPES:
+            raise ValueError(f"fast scope={scope!r}; choose one of {SCOPES}")
         net = check_net(net)     # typed (before save_hyperparameters, which reads the arguments' values)
         self.save_hyperparameters()
         self.net = model_from_config(net)
@@ -163,6 +184,7 @@ class PredictionTask(L.LightningModule):
         # batch with non-finite input frames (-1 = none), kept on the device
         self._first_bad: Tensor | None = None
         self._test_count = 0
+        self._fast_loss = None                   # the compiled training objective (fast=...)
 
     @property
     def in_len(self) -> int:
@@ -176,24 +198,74 @@ class PredictionTask(L.LightningModule):
         return self.net(frames, mask)
 
     # -- training --------------------------------------------------------------------------
+    def training_objective(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The loss of one batch: :func:`convrnn.losses.frame_loss` over every emitted frame plus the
+        network's auxiliary terms; returns (loss, auxiliary sum or None).  What ``fast`` compiles."""
+        pred = self.net(frames, mask)
+        loss = frame_loss(pred.outputs, pred.targets, self.hparams.loss)
+        if not pred.aux:
+            return loss, None
+        aux = sum(pred.aux.values())
+        return loss + aux, aux
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         frames = frames_of(batch)
         self._check_length(frames)
         p_in, p_out = self.schedule.probs(self.global_step, self.current_epoch)
         mask = sample_mask(p_in, p_out, frames.shape[0], self.in_len, self.out_len, frames.device,
                            per_sample=self.hparams.per_sample_mask)
-        pred = self.net(frames, mask)
-        loss = frame_loss(pred.outputs, pred.targets, self.hparams.loss)
-        if pred.aux:
-            aux = sum(pred.aux.values())
-            self.log("train/aux", aux)
-            loss = loss + aux
+        self._begin_step(frames.device)
+        loss, aux = self._objective(frames.device)(frames, mask)
         self._record_finite(loss, frames)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ss_prob", float(p_out))
-        if p_in < 1:
-            self.log("train/ss_prob_input", float(p_in))
+        if self._log_now():     # clones: a CUDA graph's outputs are overwritten by its next replay
+            if aux is not None:
+                self.log("train/aux", aux.detach().clone())
+            self.log("train/loss", loss.detach().clone(), prog_bar=True)
+            self.log("train/ss_prob", float(p_out))
+            if p_in < 1:
+                self.log("train/ss_prob_input", float(p_in))
         return loss
+
+    # -- the fast path -----------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Lightning's hook before fit / validate / test / predict: with ``fast``, compile for the
+        Trainer's device (torch.compile is lazy: the first step compiles)."""
+        if self.hparams.fast and self._fast_loss is None:
+            self._fast_loss = self._compile_fast(self.trainer.strategy.root_device)
+
+    def _compile_fast(self, device: torch.device):
+        """The compiled training objective (``scope: sequence``), or the plain one over a network whose
+        one-time-step function is compiled (``scope: step``: one small graph, reused for every step)."""
+        options = {**FAST, **(self.hparams.fast if isinstance(self.hparams.fast, dict) else {})}
+        scope = options.pop("scope")
+        if device.type == "cuda" and options.get("backend", "inductor") == "inductor" and "options" not in options:
+            options.setdefault("mode", "reduce-overhead")        # CUDA graphs
+        if scope == "sequence":
+            return torch.compile(self.training_objective, **options)
+        if not callable(getattr(self.net, "step", None)):
+            raise ValueError(f"fast scope 'step' needs a network with a step(frame, state) method (stack, msrnn "
+                             f"and the presets), not {type(self.net).__name__}; use fast: {{scope: sequence}}")
+        self.net.step = torch.compile(self.net.step, **options)
+        return self.training_objective
+
+    def _objective(self, device: torch.device):
+        if not self.hparams.fast:
+            return self.training_objective
+        if self._fast_loss is None:     # used without a Trainer (configure_model not called)
+            self._fast_loss = self._compile_fast(device)
+        return self._fast_loss
+
+    def _begin_step(self, device: torch.device) -> None:
+        """A new iteration for CUDA graph trees: the outputs of the previous pass may be reused."""
+        if self.hparams.fast and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def _log_now(self) -> bool:
+        """Every step, or with ``fast`` only on the steps whose logs the Trainer writes."""
+        if not self.hparams.fast or self._trainer is None:
+            return True
+        every = self.trainer.log_every_n_steps
+        return bool(every) and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
 
     def _note_bad(self, slot: int, bad: Tensor, index: int) -> None:
         """Record ``index`` in ``slot`` of ``_first_bad`` if ``bad`` and nothing is recorded there yet
@@ -302,7 +374,9 @@ class PredictionTask(L.LightningModule):
         return pred, future, copy_last_baseline(observed.float(), future)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        pred, future, base = self._free_run(frames_of(batch), batch_idx)
+        frames = frames_of(batch)
+        self._begin_step(frames.device)
+        pred, future, base = self._free_run(frames, batch_idx)
         self.val_metrics.update(pred, future)
         self.val_baseline.update(base, future)
 
@@ -321,6 +395,7 @@ class PredictionTask(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> dict | None:
         frames = frames_of(batch)
+        self._begin_step(frames.device)
         pred, future, base = self._free_run(frames, batch_idx)
         blank = torch.zeros_like(future)
         self.test_metrics.update(pred, future)
@@ -377,6 +452,7 @@ class PredictionTask(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         frames = frames_of(batch)
+        self._begin_step(frames.device)
         self._note_eval_input(frames, batch_idx)
         observed = frames[:, :self.in_len]
         seq = self.in_len + self.out_len
@@ -389,7 +465,8 @@ class PredictionTask(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        fused = {"fused": True} if hp.fast else {}     # one kernel for all parameters
+        opt = OPTIMIZERS[hp.optimizer](self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **fused)
         if hp.scheduler is None:
             return opt
         total = self.trainer.estimated_stepping_batches

@@ -53,7 +53,8 @@ class Cell(nn.Module):
 
     Subclasses implement ``init_state(x)`` and ``forward(x, state=None, m=None) -> (h, state, m)``.
     Cost hooks (see :mod:`convrnn.cost`): ``gating_products`` and, for work the structural walker
-    cannot see, ``extra_mults(height, width)`` and ``map_sizes(height, width)``.
+    cannot see, ``extra_macs(height, width)`` (matrix products), ``extra_mults(height, width)``
+    (elementwise products) and ``map_sizes(height, width)``.
     """
 
     #: elementwise gating products per step, in units of C*H*W (f⊙c, i⊙g, o⊙tanh(c) -> 3 for LSTM);

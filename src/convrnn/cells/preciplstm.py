@@ -1,6 +1,8 @@
 """PrecipLSTM (Ma, Zhang & Liu, IEEE TGRS 2022) with a pure-PyTorch local attention."""
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -12,6 +14,64 @@ from ..registry import register_cell
 from .base import Cell
 
 
+TILE = 16   # side of the query tiles of local_attention; each tile gathers its keys once
+
+
+def _axis_tiling(n: int, r: int) -> tuple[int, int, int]:
+    """Along one axis of length n: tile side t, number of tiles, and the span of keys a tile
+    gathers (its t positions plus r on each side, clipped to the map)."""
+    t = min(TILE, n)
+    return t, -(-n // t), min(t + 2 * r, n)
+
+
+def _axis_windows(n: int, r: int, device) -> tuple[Tensor, Tensor]:
+    """Query positions (tiles, t) of each tile (the last tile may run past the map) and the key
+    positions (tiles, span) it gathers: the span starts r before the tile, shifted to stay on the map,
+    so it holds every on-map neighbour of every query of the tile."""
+    t, tiles, span = _axis_tiling(n, r)
+    first = torch.arange(tiles, device=device) * t
+    queries = first[:, None] + torch.arange(t, device=device)
+    keys = (first - r).clamp(0, n - span)[:, None] + torch.arange(span, device=device)
+    return queries, keys
+
+
+def _window_tables(height: int, width: int, size: int, device, dtype) -> tuple[Tensor, Tensor]:
+    """Key index (tiles, S) into the flattened map (``height * width`` = the zero key) and the
+    attention bias (1, tiles, Q, S) of :func:`local_attention`: 0 for a key in the query's window,
+    -inf for one outside it, and log(number of the window's neighbours off the map) for the zero key
+    (-inf when none); S is rounded up to a multiple of 16 with masked zero keys (aligned rows)."""
+    r = size // 2
+    (qy, ky), (qx, kx) = _axis_windows(height, r, device), _axis_windows(width, r, device)
+    near_y = (ky[:, None, :] - qy[:, :, None]).abs() <= r          # (tiles_y, t_y, span_y)
+    near_x = (kx[:, None, :] - qx[:, :, None]).abs() <= r
+    (ny, ty, ly), (nx, tx, lx) = near_y.shape, near_x.shape
+    inside = (near_y[:, None, :, None, :, None] & near_x[None, :, None, :, None, :]).reshape(ny * nx, ty * tx, ly * lx)
+    index = (ky[:, None, :, None] * width + kx[None, :, None, :]).reshape(ny * nx, ly * lx)
+    extra = 1 + (-(ly * lx + 1) % 16)                              # the zero key + alignment
+    index = torch.cat([index, index.new_full((ny * nx, extra), height * width)], 1)
+    off_map = (size * size - inside.sum(-1, keepdim=True)).to(dtype)
+    blocked = torch.full((), -math.inf, dtype=dtype, device=device)
+    bias = torch.cat([torch.where(inside, torch.zeros((), dtype=dtype, device=device), blocked), off_map.log(),
+                      blocked.expand(ny * nx, ty * tx, extra - 1)], -1)
+    return index, bias[None]
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_window_tables(height: int, width: int, size: int, device, dtype) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False):   # usable in training after a first call under inference_mode
+        return _window_tables(height, width, size, device, dtype)
+
+
+def local_attention_mults(height: int, width: int, channels: int, size: int) -> int:
+    """Multiply-accumulates of one :func:`local_attention` call, batch 1: q·k and the weighting of v
+    for every (query, key) pair of every tile, padded queries and masked keys included (what is
+    computed; two matrix products, so MACs as well as multiplications)."""
+    r = size // 2
+    (ty, ny, ly), (tx, nx, lx) = _axis_tiling(height, r), _axis_tiling(width, r)
+    keys = ly * lx + 1 + (-(ly * lx + 1) % 16)
+    return 2 * channels * ny * nx * ty * tx * keys
+
+
 def local_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
     """Dot-product attention of every pixel over its size x size neighbourhood (zero padded).
 
@@ -20,36 +80,34 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
     softmax with logit 0 and add nothing (the zero padding of the CUDA kernel used by PrecipLSTM's
     reference code, zzd1992/Image-Local-Attention).  No 1/sqrt(C) scaling, as there.
 
-    q, k, v: (B, C, H, W).  Pure PyTorch: ``Tensor.unfold`` views of the padded k and v, one row of
-    neighbours at a time, so nothing of size C x size² x H x W is kept for backward.  Multiplies
-    2 · size² · C · H · W (q·k and the weighting), all as elementwise products.
+    q, k, v: (B, C, H, W).  No Python loop: the queries are cut into ``TILE`` x ``TILE`` tiles
+    (the attention "heads"), each tile gathers the keys and values of the span around it that holds
+    all its queries' on-map neighbours (one indexed read for the whole map), and one
+    :func:`torch.nn.functional.scaled_dot_product_attention` call with an additive bias does the
+    rest: -inf outside each query's window, and one extra zero key whose bias log(n_off) stands for
+    the query's n_off neighbours off the map (each adds exp(0) to the softmax and nothing to the
+    sum).  So SDPA's fused kernels (flash on CPU, memory-efficient on CUDA) apply and no
+    attention matrix is kept for backward.  The index and bias depend only on (H, W, size, device,
+    dtype) and are cached.  Multiplications: :func:`local_attention_mults` (a 64 x 64 map with
+    size 31 computes 2.2 times the window's 2 · size² · C · H · W; a 16 x 16 map a quarter of it).
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"the attention neighbourhood must be a positive odd size, got {size}")
     if not q.shape == k.shape == v.shape or q.dim() != 4:
         raise ValueError(f"q, k, v must share one (B, C, H, W) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    r, height = size // 2, q.shape[-2]
-    kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
-    # row dy of neighbours of every pixel: (B, C, H, W, size) view, entry dx <-> (i + dy - r, j + dx - r)
-    logits = [(q.unsqueeze(-1) * _neighbours(kp, dy, height, size)).sum(1) for dy in range(size)]
-    weights = torch.softmax(torch.cat(logits, -1), -1).unsqueeze(1)  # (B, 1, H, W, size²)
-    out = 0
-    for dy in range(size):
-        rows = _neighbours(vp, dy, height, size)
-        out = out + (weights[..., dy * size:(dy + 1) * size] * rows).sum(-1)
-    return out
-
-
-def _neighbours(padded: Tensor, dy: int, height: int, size: int) -> Tensor:
-    """Row ``dy`` of the neighbourhoods of a padded map: (B, C, H, W, size), a ``Tensor.unfold`` view.
-    During ONNX export the same values are stacked from ``size`` slices instead (a copy): the
-    TorchScript exporter cannot convert ``unfold`` once the batch axis is dynamic."""
-    row = padded[:, :, dy:dy + height]
-    if torch.onnx.is_in_onnx_export():
-        width = row.shape[-1] - size + 1
-        return torch.stack([row[..., dx:dx + width] for dx in range(size)], -1)
-    return row.unfold(3, size, 1)
+    b, c, h, w = q.shape
+    tables = _window_tables if torch.compiler.is_compiling() else _cached_window_tables
+    index, bias = tables(h, w, size, q.device, q.dtype)
+    r = size // 2
+    (ty, ny, _), (tx, nx, _) = _axis_tiling(h, r), _axis_tiling(w, r)
+    padded = (ny * ty, nx * tx) != (h, w)
+    tiles = F.pad(q, (0, nx * tx - w, 0, ny * ty - h)) if padded else q
+    tiles = tiles.view(b, c, ny, ty, nx, tx).permute(0, 2, 4, 3, 5, 1).reshape(b, ny * nx, ty * tx, c)  # (B, tiles, Q, C)
+    keys, values = F.pad(torch.stack([k, v]).flatten(3), (0, 1)).transpose(2, 3)[:, :, index]  # 2 x (B, tiles, S, C)
+    out = F.scaled_dot_product_attention(tiles, keys, values, attn_mask=bias, scale=1.0)
+    out = out.view(b, ny, nx, ty, tx, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, ny * ty, nx * tx)
+    return out[:, :, :h, :w] if padded else out
 
 
 class PrecipLSTMState(NamedTuple):
@@ -102,7 +160,8 @@ class PrecipLSTM(Cell):
     attention, its projections and W_a, the input convolutions and the fusion stay as they are.
 
     Multiplications per step: ``gating_products = 9`` C·H·W products (2 per memory, o ⊙ tanh); the
-    attention's 2 · size² · C_x · H · W products are counted in :meth:`extra_mults`.
+    Multiplications per step: ``gating_products = 9`` C·H·W products (2 per memory, o ⊙ tanh); the
+    attention's matrix products (:func:`local_attention_mults`) are counted by :meth:`extra_macs`.
     """
 
     gating_products = 9
@@ -161,9 +220,9 @@ class PrecipLSTM(Cell):
         h = o * torch.tanh(self.fuse(torch.cat([c, ms, mt, m], 1)))
         return h, PrecipLSTMState(h, c, m, ms, mt, x), m
 
-    def extra_mults(self, height: int, width: int) -> int:
-        """Products the cost walker cannot see: the local attention's 2 · size² · C_x · H · W (q·k over
-        the window and the weighting of v, padded neighbours included: what is computed).  The walker
-        counts the convolutions, the Hadamard recurrent products and the 9 C·H·W gating products;
-        softmax and additions are not multiplications."""
-        return 2 * self.neighbourhood ** 2 * self.in_channels * height * width
+    def extra_macs(self, height: int, width: int) -> int:
+        """Matrix products the cost walker cannot see: the local attention's q·k and weighting of v over
+        each query tile's key span (:func:`local_attention_mults`, what is computed).  The walker counts
+        the convolutions, the Hadamard recurrent products and the 9 C·H·W gating products; softmax and
+        additions are not multiplications."""
+        return local_attention_mults(height, width, self.in_channels, self.neighbourhood)

